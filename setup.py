@@ -1,0 +1,71 @@
+"""Build deeplabv2_ext and its native extension deeplabv2_ext._C.
+
+The CUDA kernels are built when torch has CUDA and nvcc is found (or FORCE_CUDA=1); otherwise
+the build is CPU-only. Install with `pip install --no-build-isolation .` so that the extension is
+compiled against the torch that is already installed. Honours MAX_JOBS and TORCH_CUDA_ARCH_LIST
+(default "8.0;9.0+PTX").
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join("csrc")
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def want_cuda() -> bool:
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    nvcc_found = CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    return torch.version.cuda is not None and nvcc_found
+
+
+def sources(with_cuda: bool) -> list[str]:
+    cpp = sorted(glob.glob(os.path.join(CSRC, "**", "*.cpp"), recursive=True))
+    cuda_glue = [path for path in cpp if os.sep + "cuda" + os.sep in path]
+    host = [path for path in cpp if path not in cuda_glue]
+    if not with_cuda:
+        return host
+    kernels = sorted(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
+    return host + cuda_glue + kernels
+
+
+def extension():
+    with_cuda = want_cuda()
+    cxx_flags = ["-O3"]
+    define_macros = []
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+        define_macros.append(("DEEPLABV2_EXT_WITH_CUDA", None))
+        return CUDAExtension(
+            "deeplabv2_ext._C",
+            sources(with_cuda=True),
+            include_dirs=[os.path.join(ROOT, CSRC)],
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        )
+    return CppExtension(
+        "deeplabv2_ext._C",
+        sources(with_cuda=False),
+        include_dirs=[os.path.join(ROOT, CSRC)],
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags},
+    )
+
+
+setup(
+    name="deeplabv2_ext",
+    version="0.1.0",
+    description="Fused ASPP and GPU DenseCRF operators for DeepLabV2",
+    packages=find_packages(include=["deeplabv2_ext", "deeplabv2_ext.*"]),
+    python_requires=">=3.10",
+    install_requires=["numpy"],
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+)
