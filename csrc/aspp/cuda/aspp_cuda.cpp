@@ -1,0 +1,233 @@
+// CUDA implementation of deeplabv2_ext::aspp / aspp_backward (torch-facing glue).
+//
+// Validates the arguments, allocates the outputs (output / grad_input in
+// output_memory_format(input)), a weight-sized workspace (packed weights or fp32 / fp64 gradient
+// accumulators) and fills the torch-free parameter structs of aspp_kernel.cuh. The kernels read
+// every tensor through its strides (NCHW, channels_last or arbitrary), so no activation-sized copy
+// is ever made. float32 uses TF32 tensor cores iff at::globalContext().allowTF32CuDNN().
+#include "../aspp.h"
+#include "aspp_kernel.cuh"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+namespace deeplabv2_ext::aspp {
+namespace {
+
+AsppDType to_aspp_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return AsppDType::kFloat32;
+    case at::kHalf:
+      return AsppDType::kFloat16;
+    case at::kBFloat16:
+      return AsppDType::kBFloat16;
+    case at::kDouble:
+      return AsppDType::kFloat64;
+    default:
+      TORCH_CHECK(false, "aspp (CUDA): unsupported dtype ", t,
+                  "; expected float32, float16, bfloat16 or float64");
+  }
+  return AsppDType::kFloat32;  // unreachable
+}
+
+template <size_t D>
+void copy_strides(int64_t (&dst)[D], const at::Tensor& t) {
+  TORCH_INTERNAL_ASSERT(static_cast<size_t>(t.dim()) == D);
+  for (size_t i = 0; i < D; ++i) dst[i] = t.stride(static_cast<int64_t>(i));
+}
+
+void check_on_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK(t.is_cuda(), "aspp (CUDA): ", name, " must be a CUDA tensor");
+  TORCH_CHECK(t.device() == ref.device(), "aspp (CUDA): ", name, " is on ", t.device(),
+              " but input is on ", ref.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "aspp (CUDA): ", name, " has dtype ",
+              t.scalar_type(), " but input has dtype ", ref.scalar_type());
+}
+
+struct Sizes {
+  int64_t N;
+  int C, H, W, K, R;
+};
+
+Sizes checked_sizes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef rates) {
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(!rates.empty() && static_cast<int64_t>(rates.size()) <= kAsppMaxRates,
+              "aspp (CUDA): supports 1 to ", kAsppMaxRates, " rates (branches), got ",
+              rates.size());
+  Sizes s;
+  s.N = input.size(0);
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t K = weight.size(1), R = weight.size(0);
+  TORCH_CHECK(C <= kIntMax && K <= kIntMax, "aspp (CUDA): channel counts must fit in int32");
+  TORCH_CHECK(H < kAsppMaxSpatial && W < kAsppMaxSpatial, "aspp (CUDA): H and W must be < ",
+              kAsppMaxSpatial);
+  TORCH_CHECK(R == static_cast<int64_t>(rates.size()), "aspp (CUDA): weight has ", R,
+              " branches but ", rates.size(), " rates were given");
+  s.C = static_cast<int>(C);
+  s.H = static_cast<int>(H);
+  s.W = static_cast<int>(W);
+  s.K = static_cast<int>(K);
+  s.R = static_cast<int>(R);
+  return s;
+}
+
+// A rate >= max(H, W) is equivalent to max(H, W) (off-centre taps fully outside the map).
+void copy_rates(int (&dst)[kAsppMaxRates], at::IntArrayRef rates, int H, int W) {
+  const int64_t cap = H > W ? H : W;
+  for (size_t i = 0; i < rates.size(); ++i) {
+    TORCH_CHECK(rates[i] >= 1, "aspp (CUDA): rates must be >= 1, got ", rates[i]);
+    dst[i] = static_cast<int>(rates[i] < cap ? rates[i] : cap);
+  }
+}
+
+at::Tensor make_workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+
+at::Tensor aspp_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, at::IntArrayRef rates) {
+  check_forward_args(input, weight, bias, rates);
+  TORCH_CHECK(input.is_cuda(), "aspp (CUDA): input must be a CUDA tensor");
+  check_on_device(weight, input, "weight");
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) check_on_device(*bias, input, "bias");
+  const Sizes s = checked_sizes(input, weight, rates);
+
+  c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor output =
+      at::empty({s.N, s.K, s.H, s.W}, input.options().memory_format(output_memory_format(input)));
+  if (output.numel() == 0) return output;
+
+  AsppFwdParams p;
+  p.input = input.data_ptr();
+  copy_strides(p.in_stride, input);
+  p.weight = weight.data_ptr();
+  copy_strides(p.w_stride, weight);
+  if (has_bias) {
+    p.bias = bias->data_ptr();
+    copy_strides(p.b_stride, *bias);
+  }
+  p.output = output.data_ptr();
+  copy_strides(p.out_stride, output);
+  p.N = s.N;
+  p.C = s.C;
+  p.H = s.H;
+  p.W = s.W;
+  p.K = s.K;
+  p.R = s.R;
+  copy_rates(p.rates, rates, s.H, s.W);
+  p.dtype = to_aspp_dtype(input.scalar_type());
+  p.allow_tf32 = p.dtype == AsppDType::kFloat32 && at::globalContext().allowTF32CuDNN();
+
+  at::Tensor workspace = make_workspace(aspp_fwd_workspace_bytes(p), input);
+  p.workspace = workspace.data_ptr();
+  C10_CUDA_CHECK(launch_aspp_forward(p, c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef rates, std::array<bool, 3> output_mask) {
+  check_backward_args(grad_output, input, weight, rates);
+  TORCH_CHECK(input.is_cuda(), "aspp (CUDA): input must be a CUDA tensor");
+  check_on_device(weight, input, "weight");
+  check_on_device(grad_output, input, "grad_output");
+  const Sizes s = checked_sizes(input, weight, rates);
+
+  c10::cuda::CUDAGuard guard(input.device());
+  const bool need_input = output_mask[0];
+  const bool need_weight = output_mask[1];
+  const bool need_bias = output_mask[2];
+  const bool empty = s.N == 0;  // H, W, C, K >= 1 (checked by check_backward_args)
+
+  at::Tensor grad_input =
+      need_input ? at::empty({s.N, s.C, s.H, s.W},
+                             input.options().memory_format(output_memory_format(input)))
+                 : at::empty({0}, input.options());
+  const auto wopts = weight.options().memory_format(at::MemoryFormat::Contiguous);
+  // An empty batch contributes nothing: the parameter gradients are zeros.
+  at::Tensor grad_weight = need_weight ? (empty ? at::zeros(weight.sizes(), wopts)
+                                                : at::empty(weight.sizes(), wopts))
+                                       : at::empty({0}, input.options());
+  at::Tensor grad_bias = need_bias ? (empty ? at::zeros({s.R, s.K}, wopts)
+                                            : at::empty({s.R, s.K}, wopts))
+                                   : at::empty({0}, input.options());
+  if (empty) return std::make_tuple(grad_input, grad_weight, grad_bias);
+
+  const AsppDType dtype = to_aspp_dtype(input.scalar_type());
+  const bool tf32 = dtype == AsppDType::kFloat32 && at::globalContext().allowTF32CuDNN();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  if (need_input) {
+    AsppDgradParams p;
+    p.grad_output = grad_output.data_ptr();
+    copy_strides(p.go_stride, grad_output);
+    p.weight = weight.data_ptr();
+    copy_strides(p.w_stride, weight);
+    p.grad_input = grad_input.data_ptr();
+    copy_strides(p.gi_stride, grad_input);
+    p.N = s.N;
+    p.C = s.C;
+    p.H = s.H;
+    p.W = s.W;
+    p.K = s.K;
+    p.R = s.R;
+    copy_rates(p.rates, rates, s.H, s.W);
+    p.dtype = dtype;
+    p.allow_tf32 = tf32;
+    at::Tensor workspace = make_workspace(aspp_dgrad_workspace_bytes(p), input);
+    p.workspace = workspace.data_ptr();
+    C10_CUDA_CHECK(launch_aspp_dgrad(p, stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  if (need_weight || need_bias) {
+    AsppWgradParams p;
+    p.grad_output = grad_output.data_ptr();
+    copy_strides(p.go_stride, grad_output);
+    p.input = input.data_ptr();
+    copy_strides(p.in_stride, input);
+    if (need_weight) {
+      p.grad_weight = grad_weight.data_ptr();
+      copy_strides(p.gw_stride, grad_weight);
+    }
+    if (need_bias) {
+      p.grad_bias = grad_bias.data_ptr();
+      copy_strides(p.gb_stride, grad_bias);
+    }
+    p.N = s.N;
+    p.C = s.C;
+    p.H = s.H;
+    p.W = s.W;
+    p.K = s.K;
+    p.R = s.R;
+    copy_rates(p.rates, rates, s.H, s.W);
+    p.dtype = dtype;
+    p.allow_tf32 = tf32;
+    at::Tensor workspace = make_workspace(aspp_wgrad_workspace_bytes(p), input);
+    p.workspace = workspace.data_ptr();
+    C10_CUDA_CHECK(launch_aspp_wgrad(p, stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return std::make_tuple(grad_input, grad_weight, grad_bias);
+}
+
+}  // namespace
+}  // namespace deeplabv2_ext::aspp
+
+TORCH_LIBRARY_IMPL(deeplabv2_ext, CUDA, m) {
+  m.impl("aspp", &deeplabv2_ext::aspp::aspp_forward_cuda);
+  m.impl("aspp_backward", &deeplabv2_ext::aspp::aspp_backward_cuda);
+}
