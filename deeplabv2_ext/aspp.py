@@ -115,14 +115,15 @@ def _aspp_backward_fake(
     grad_output: Tensor, input: Tensor, weight: Tensor, rates: list[int], output_mask: list[bool]
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check_args(input, weight, None, rates)
-    empty = input.new_empty((0,))
     grad_input = (
         torch.empty_like(input, memory_format=_output_memory_format(input))
-        if output_mask[0] else empty
+        if output_mask[0] else input.new_empty((0,))
     )
-    grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format) \
-        if output_mask[1] else empty
-    grad_bias = weight.new_empty(weight.shape[:2]) if output_mask[2] else empty
+    grad_weight = (
+        torch.empty_like(weight, memory_format=torch.contiguous_format)
+        if output_mask[1] else input.new_empty((0,))
+    )
+    grad_bias = weight.new_empty(weight.shape[:2]) if output_mask[2] else input.new_empty((0,))
     return grad_input, grad_weight, grad_bias
 
 

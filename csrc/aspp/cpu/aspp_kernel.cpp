@@ -297,14 +297,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cpu(
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t R = weight.size(0), K = weight.size(1);
   const auto compute_dtype = at::toOpMathType(input.scalar_type());
-  const auto empty = at::empty({0}, input.options());
+  // Each gradient that was not asked for is its own empty tensor (outputs must not alias).
+  const auto not_requested = [&] { return at::empty({0}, input.options()); };
 
-  at::Tensor grad_bias = empty;
+  at::Tensor grad_bias = not_requested();
   if (output_mask[2]) {
     grad_bias = grad_output.to(compute_dtype).sum({0, 2, 3}).view({1, K}).expand({R, K})
                     .to(input.scalar_type()).contiguous();
   }
-  if (!output_mask[0] && !output_mask[1]) return {empty, empty, grad_bias};
+  if (!output_mask[0] && !output_mask[1]) return {not_requested(), not_requested(), grad_bias};
 
   const auto layout = tap_layout(rates, H, W);
   const int64_t U = static_cast<int64_t>(layout.offsets.size());
@@ -314,7 +315,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cpu(
 
   at::Tensor grad_input_acc, grad_w_taps;
   if (output_mask[0]) {
-    grad_input_acc = at::zeros(input.sizes(), x.options().memory_format(memory_format));
+    grad_input_acc = at::empty(input.sizes(), x.options().memory_format(memory_format)).zero_();
   }
   if (output_mask[1]) grad_w_taps = at::zeros({U * K, C}, x.options());
 
@@ -348,7 +349,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cpu(
     }
   });
 
-  at::Tensor grad_input = empty, grad_weight = empty;
+  at::Tensor grad_input = not_requested(), grad_weight = not_requested();
   if (output_mask[0]) grad_input = grad_input_acc.to(input.scalar_type());
   if (output_mask[1]) {
     // Every tap receives the gradient of its offset; taps outside the map receive zero.

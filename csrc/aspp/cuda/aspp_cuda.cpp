@@ -72,6 +72,7 @@ Sizes checked_sizes(const at::Tensor& input, const at::Tensor& weight, at::IntAr
   TORCH_CHECK(C <= kIntMax && K <= kIntMax, "aspp (CUDA): channel counts must fit in int32");
   TORCH_CHECK(H < kAsppMaxSpatial && W < kAsppMaxSpatial, "aspp (CUDA): H and W must be < ",
               kAsppMaxSpatial);
+  TORCH_CHECK(H * W <= kIntMax, "aspp (CUDA): H * W must fit in int32");
   TORCH_CHECK(R == static_cast<int64_t>(rates.size()), "aspp (CUDA): weight has ", R,
               " branches but ", rates.size(), " rates were given");
   s.C = static_cast<int>(C);

@@ -113,7 +113,10 @@ bool fwd_params_ok(const AsppFwdParams& p) {
   if (p.H >= kAsppMaxSpatial || p.W >= kAsppMaxSpatial) return false;
   for (int r = 0; r < p.R; ++r)
     if (p.rates[r] < 1) return false;
+  if (static_cast<int64_t>(p.H) * p.W >= (int64_t(1) << 31)) return false;
   const int64_t M = p.N * p.H * p.W;
+  // pipeline stage count (channel chunks x taps) must fit in int
+  if (ceil_div(p.C, 64 / elem_size(p.dtype)) * num_taps(p.R) >= (int64_t(1) << 31)) return false;
   if (ceil_div(M, kIgemmBM) >= (int64_t(1) << 31)) return false;
   if (ceil_div(p.K, pick_block_n(p.K, elem_size(p.dtype))) > 65535) return false;
   return true;

@@ -382,6 +382,7 @@ bool wgrad_params_ok(const AsppWgradParams& p) {
   if (p.N < 1 || p.C < 1 || p.H < 1 || p.W < 1 || p.K < 1) return false;
   if (p.R < 1 || p.R > kAsppMaxRates) return false;
   if (p.H >= kAsppMaxSpatial || p.W >= kAsppMaxSpatial) return false;
+  if (static_cast<int64_t>(p.H) * p.W >= (int64_t(1) << 31)) return false;
   for (int r = 0; r < p.R; ++r)
     if (p.rates[r] < 1) return false;
   if (ceil_div(p.K, pick_block_n(p.K, elem_size(p.dtype))) > 65535) return false;
