@@ -28,6 +28,8 @@ GPU_SHAPES = {
 }
 CPU_SHAPES = {
     "CPU1": (2, 512, 33, 33, 21, ASPP_L),
+    # one image of S1: DeepLabV2's real head input (ResNet-101 res5, 321x321 crop, stride 8)
+    "CPU2": (1, 2048, 41, 41, 21, ASPP_L),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PASSES = ("forward", "forward+backward")
