@@ -240,8 +240,9 @@ void for_each_block(const TapLayout& layout, const at::Tensor& w_taps, int64_t K
     const int64_t rows_end = group.source_row_end(H);
     const int64_t block_rows = rows_per_block(W, num_offsets * K);
     for (int64_t row = group.source_row_begin(); row < rows_end; row += block_rows) {
-      visit(group_weight, ShiftBlock{layout.offsets.data() + group.first, group.first, num_offsets, K, H, W,
-                                     row, std::min(rows_end, row + block_rows), channels_last});
+      const int64_t row_end = std::min(rows_end, row + block_rows);
+      visit(group_weight, ShiftBlock{layout.offsets.data() + group.first, group.first,
+                                     num_offsets, K, H, W, row, row_end, channels_last});
     }
   }
 }
