@@ -191,10 +191,14 @@ struct PolWmmaBF16 {
   static constexpr bool kTf32 = false;
   static constexpr int KS = 16;
 };
+// Fragment tag for tf32: nvcuda::wmma::precision::tf32 (and __float_to_tf32) are only declared by
+// mma.h when compiling for sm_80+, so naming them unguarded breaks builds whose arch list includes
+// sm_75 / sm_70 (e.g. TORCH_CUDA_ARCH_LIST="7.5;8.0;8.6;9.0").
+struct Tf32Tag {};
 struct PolWmmaTF32 {
   using T = float;
   using Acc = float;
-  using FragT = nvcuda::wmma::precision::tf32;
+  using FragT = Tf32Tag;
   static constexpr bool kWmma = true;
   static constexpr bool kTf32 = true;
   static constexpr int KS = 8;
@@ -209,8 +213,16 @@ struct PolSimt {
   static constexpr int KS = 1;
 };
 
+// nvcuda::wmma exists from sm_70 (mma.h declares nothing below); the WMMA branches of the kernels
+// are compiled only where it exists (elsewhere Frags<>::kOk is false and the kernels trap).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
+#define ASPP_WMMA_AVAILABLE 1
+#else
+#define ASPP_WMMA_AVAILABLE 0
+#endif
+
 // WMMA fragment types; kOk is false where the architecture lacks them (the kernels then compile to
-// nothing; the launchers never select such a kernel on such a device).
+// a __trap(); the launchers never select such a kernel on such a device).
 template <typename FragT>
 struct Frags {
   static constexpr bool kOk = false;
@@ -239,7 +251,7 @@ struct Frags<__nv_bfloat16> {
   using Acc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
 };
 template <>
-struct Frags<nvcuda::wmma::precision::tf32> {
+struct Frags<Tf32Tag> {
   static constexpr bool kOk = true;
   using ARow = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32, nvcuda::wmma::row_major>;
   using ACol = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 8, nvcuda::wmma::precision::tf32, nvcuda::wmma::col_major>;
@@ -252,8 +264,10 @@ struct Frags<nvcuda::wmma::precision::tf32> {
 template <bool kTf32, typename Frag>
 ASPP_D void maybe_to_tf32(Frag& f) {
   if constexpr (kTf32) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #pragma unroll
     for (int i = 0; i < f.num_elements; ++i) f.x[i] = nvcuda::wmma::__float_to_tf32(f.x[i]);
+#endif
   }
 }
 
@@ -500,7 +514,10 @@ __global__ void __launch_bounds__(kIgemmThreads, 2)
   static_assert(BM == 32 * TM && BK == 8 * TN, "SIMT micro-tile mapping");
 
   if constexpr (Pol::kWmma && !F::kOk) {
-    return;  // architecture without these tensor-core fragments (never launched there)
+    // Architecture without these tensor-core fragments. The launchers never select such a kernel
+    // on such a device, but a PTX-JIT build (e.g. arch list "7.5+PTX" run on sm_80+) would land
+    // here: fail loudly instead of silently leaving the output unwritten.
+    __trap();
   } else {
     __shared__ __align__(128) unsigned char smem[L::BYTES];
     __shared__ int s_n[BM];
@@ -549,6 +566,7 @@ __global__ void __launch_bounds__(kIgemmThreads, 2)
     __syncthreads();
 
     if constexpr (Pol::kWmma) {
+#if ASPP_WMMA_AVAILABLE
       namespace wmma = nvcuda::wmma;
       const int warp = tid >> 5;
       typename F::Acc acc[NF];
@@ -605,6 +623,7 @@ __global__ void __launch_bounds__(kIgemmThreads, 2)
                 static_cast<int64_t>(s_x[row]) * a.out_s.w] = Cvt<T>::from(v);
         }
       }
+#endif  // ASPP_WMMA_AVAILABLE
     } else {
       // Exact SIMT path: thread (tx, ty) owns pixels ty + 32 i (i < 4), channels tx + 8 j (j < TN).
       const int tx = tid & 7;

@@ -69,7 +69,11 @@ Sizes checked_sizes(const at::Tensor& input, const at::Tensor& weight, at::IntAr
   s.N = input.size(0);
   const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t K = weight.size(1), R = weight.size(0);
-  TORCH_CHECK(C <= kIntMax && K <= kIntMax, "aspp (CUDA): channel counts must fit in int32");
+  TORCH_CHECK(s.N <= kIntMax, "aspp (CUDA): the batch size N must fit in int32, got ", s.N);
+  // Channel blocks of >= 32 per grid row, and gridDim.y <= 65535 (fp64 uses blocks of 32).
+  constexpr int64_t kMaxChannels = int64_t(65535) * 32;
+  TORCH_CHECK(C <= kMaxChannels && K <= kMaxChannels, "aspp (CUDA): C and K must be at most ",
+              kMaxChannels, ", got C = ", C, " and K = ", K);
   TORCH_CHECK(H < kAsppMaxSpatial && W < kAsppMaxSpatial, "aspp (CUDA): H and W must be < ",
               kAsppMaxSpatial);
   TORCH_CHECK(H * W <= kIntMax, "aspp (CUDA): H * W must fit in int32");

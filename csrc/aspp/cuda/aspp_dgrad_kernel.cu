@@ -67,6 +67,7 @@ DgradLayout dgrad_layout(const AsppDgradParams& p) {
 bool dgrad_params_ok(const AsppDgradParams& p) {
   if (p.grad_output == nullptr || p.weight == nullptr || p.grad_input == nullptr) return false;
   if (p.N < 1 || p.C < 1 || p.H < 1 || p.W < 1 || p.K < 1) return false;
+  if (p.N > INT32_MAX) return false;  // pixel_coords() keeps n in an int
   if (p.R < 1 || p.R > kAsppMaxRates) return false;
   if (p.H >= kAsppMaxSpatial || p.W >= kAsppMaxSpatial) return false;
   for (int r = 0; r < p.R; ++r)

@@ -109,6 +109,7 @@ FwdLayout fwd_layout(const AsppFwdParams& p) {
 bool fwd_params_ok(const AsppFwdParams& p) {
   if (p.input == nullptr || p.weight == nullptr || p.output == nullptr) return false;
   if (p.N < 1 || p.C < 1 || p.H < 1 || p.W < 1 || p.K < 1) return false;
+  if (p.N > INT32_MAX) return false;  // pixel_coords() keeps n in an int
   if (p.R < 1 || p.R > kAsppMaxRates) return false;
   if (p.H >= kAsppMaxSpatial || p.W >= kAsppMaxSpatial) return false;
   for (int r = 0; r < p.R; ++r)

@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kWgradThreads, 2)
   static_assert(KSTEPS % 2 == 0 && BP % 2 == 0, "chunk must split evenly between the groups");
 
   if constexpr (Pol::kWmma && !F::kOk) {
-    return;
+    __trap();  // see aspp_igemm_kernel: never a silent no-op on a PTX-JIT build
   } else {
     const int tid = threadIdx.x;
     const int c0 = blockIdx.x * BC;
@@ -163,6 +163,7 @@ __global__ void __launch_bounds__(kWgradThreads, 2)
     int tb_fill = 2;  // table to fill with chunk j + 2
 
     if constexpr (Pol::kWmma) {
+#if ASPP_WMMA_AVAILABLE
       namespace wmma = nvcuda::wmma;
       const int warp = tid >> 5;
       const int grp = warp >> 2;   // group: k-steps [grp * KSTEPS / 2, (grp + 1) * KSTEPS / 2)
@@ -220,6 +221,7 @@ __global__ void __launch_bounds__(kWgradThreads, 2)
           atomicAdd(a.ws + (static_cast<int64_t>(t) * a.K + k) * a.C + c,
                     Cs[row * LDC + col] + Cs[BKK * LDC + row * LDC + col]);
       }
+#endif  // ASPP_WMMA_AVAILABLE
     } else {
       // Group g = tid / 128 reduces pixels [g BP/2, (g+1) BP/2) of each chunk; within a group
       // thread (tx, ty) owns c = tx + 16 j (j < 4), k = ty + 8 i (i < BKK / 8).
@@ -380,12 +382,14 @@ bool wgrad_params_ok(const AsppWgradParams& p) {
   if (p.grad_output == nullptr) return false;
   if (p.grad_weight != nullptr && p.input == nullptr) return false;
   if (p.N < 1 || p.C < 1 || p.H < 1 || p.W < 1 || p.K < 1) return false;
+  if (p.N > INT32_MAX) return false;  // pixel_coords() keeps n in an int
   if (p.R < 1 || p.R > kAsppMaxRates) return false;
   if (p.H >= kAsppMaxSpatial || p.W >= kAsppMaxSpatial) return false;
   if (static_cast<int64_t>(p.H) * p.W >= (int64_t(1) << 31)) return false;
   for (int r = 0; r < p.R; ++r)
     if (p.rates[r] < 1) return false;
   if (ceil_div(p.K, pick_block_n(p.K, elem_size(p.dtype))) > 65535) return false;
+  if (p.grad_bias != nullptr && ceil_div(p.K, 32) > 65535) return false;  // bias gridDim.y
   return true;
 }
 
