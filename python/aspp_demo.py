@@ -8,6 +8,7 @@ from the same weights, then times both, forward and forward+backward, and prints
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -76,7 +77,7 @@ def main() -> None:
     x = torch.randn(n, c, h, w, device=device, dtype=dtype)
 
     with torch.no_grad():
-        reference = ClassicASPP(convs).to(device, torch.float64)(x.double())
+        reference = copy.deepcopy(classic).to(torch.float64)(x.double())
         error = (fused(x).double() - reference).norm() / reference.norm()
     print(f"relative error of the fused op vs the float64 reference: {error:.2e}")
 
