@@ -721,6 +721,32 @@ inline int current_sm_count() {
   return count > 0 ? count : 1;
 }
 
+template <typename Pol>
+struct PolicyTag {
+  using type = Pol;
+};
+
+// Picks the math policy for a dtype on the current device (tensor cores for fp16/bf16, TF32 when
+// allowed, exact FMA otherwise) and returns run(PolicyTag<Policy>{}).
+template <typename Run>
+cudaError_t dispatch_policy(AsppDType dtype, bool allow_tf32, Run&& run) {
+  const int sm = current_sm_major();
+  switch (dtype) {
+    case AsppDType::kFloat16:
+      if (sm < 7) return cudaErrorNotSupported;
+      return run(PolicyTag<PolWmmaF16>{});
+    case AsppDType::kBFloat16:
+      if (sm < 8) return cudaErrorNotSupported;
+      return run(PolicyTag<PolWmmaBF16>{});
+    case AsppDType::kFloat32:
+      if (allow_tf32 && sm >= 8) return run(PolicyTag<PolWmmaTF32>{});
+      return run(PolicyTag<PolSimt<float, float>>{});
+    case AsppDType::kFloat64:
+      return run(PolicyTag<PolSimt<double, double>>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace detail
 }  // namespace aspp
 }  // namespace deeplabv2_ext

@@ -177,21 +177,9 @@ cudaError_t launch_aspp_forward(const AsppFwdParams& p, cudaStream_t stream) {
   using namespace detail;
   if (!fwd_params_ok(p) || p.workspace == nullptr) return cudaErrorInvalidValue;
   const FwdLayout L = fwd_layout(p);
-  const int sm = current_sm_major();
-  switch (p.dtype) {
-    case AsppDType::kFloat16:
-      if (sm < 7) return cudaErrorNotSupported;
-      return run_forward<PolWmmaF16>(p, L, stream);
-    case AsppDType::kBFloat16:
-      if (sm < 8) return cudaErrorNotSupported;
-      return run_forward<PolWmmaBF16>(p, L, stream);
-    case AsppDType::kFloat32:
-      if (p.allow_tf32 && sm >= 8) return run_forward<PolWmmaTF32>(p, L, stream);
-      return run_forward<PolSimt<float, float>>(p, L, stream);
-    case AsppDType::kFloat64:
-      return run_forward<PolSimt<double, double>>(p, L, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_policy(p.dtype, p.allow_tf32, [&](auto policy) {
+    return run_forward<typename decltype(policy)::type>(p, L, stream);
+  });
 }
 
 }  // namespace aspp

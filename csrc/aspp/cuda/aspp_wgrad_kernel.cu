@@ -513,21 +513,9 @@ cudaError_t launch_aspp_wgrad(const AsppWgradParams& p, cudaStream_t stream) {
   if (p.grad_weight == nullptr && p.grad_bias == nullptr) return cudaSuccess;
   if (!wgrad_params_ok(p) || p.workspace == nullptr) return cudaErrorInvalidValue;
   const WgradLayout L = wgrad_layout(p);
-  const int sm = current_sm_major();
-  switch (p.dtype) {
-    case AsppDType::kFloat16:
-      if (sm < 7) return cudaErrorNotSupported;
-      return run_wgrad<PolWmmaF16>(p, L, stream);
-    case AsppDType::kBFloat16:
-      if (sm < 8) return cudaErrorNotSupported;
-      return run_wgrad<PolWmmaBF16>(p, L, stream);
-    case AsppDType::kFloat32:
-      if (p.allow_tf32 && sm >= 8) return run_wgrad<PolWmmaTF32>(p, L, stream);
-      return run_wgrad<PolSimt<float, float>>(p, L, stream);
-    case AsppDType::kFloat64:
-      return run_wgrad<PolSimt<double, double>>(p, L, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_policy(p.dtype, p.allow_tf32, [&](auto policy) {
+    return run_wgrad<typename decltype(policy)::type>(p, L, stream);
+  });
 }
 
 }  // namespace aspp
