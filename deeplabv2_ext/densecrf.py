@@ -34,11 +34,16 @@ class PermutohedralLattice(NamedTuple):
     vertex_index: Tensor  # [N, P, D+1] int32, global over the batch
     vertex_weight: Tensor  # [N, P, D+1] float32 barycentric weights
     blur_neighbors: Tensor  # [D+1, M, 2] int32, -1 when absent
+    splat_offsets: Tensor  # [M+1] int32: CSR over vertices of the entries that touch them
+    splat_entries: Tensor  # [N*P*(D+1)] int32
 
     def filter(self, values: Tensor, reverse: bool = False) -> Tensor:
         """Splat, blur and slice ``values`` [N, V, P]; differentiable w.r.t. values."""
-        return torch.ops.deeplabv2_ext.permutohedral_filter(
-            values, self.vertex_index, self.vertex_weight, self.blur_neighbors, reverse)
+        return self.filter_points(values.transpose(1, 2), reverse).transpose(1, 2)
+
+    def filter_points(self, values: Tensor, reverse: bool = False) -> Tensor:
+        """``filter`` for point-major ``values`` [N, P, V] (the op's native layout)."""
+        return torch.ops.deeplabv2_ext.permutohedral_filter(values, *self, reverse)
 
 
 def build_lattice(features: Tensor) -> PermutohedralLattice:
@@ -55,32 +60,33 @@ def build_lattice(features: Tensor) -> PermutohedralLattice:
 
 
 @torch.library.register_fake("deeplabv2_ext::permutohedral_lattice")
-def _lattice_fake(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _lattice_fake(features: Tensor) -> tuple[Tensor, ...]:
     batch, dim, points = features.shape
     num_vertices = torch.library.get_ctx().new_dynamic_size()
     return (features.new_empty((batch, points, dim + 1), dtype=torch.int32),
             features.new_empty((batch, points, dim + 1)),
-            features.new_empty((dim + 1, num_vertices, 2), dtype=torch.int32))
+            features.new_empty((dim + 1, num_vertices, 2), dtype=torch.int32),
+            features.new_empty((num_vertices + 1,), dtype=torch.int32),
+            features.new_empty((batch * points * (dim + 1),), dtype=torch.int32))
 
 
 @torch.library.register_fake("deeplabv2_ext::permutohedral_filter")
 def _filter_fake(values: Tensor, vertex_index: Tensor, vertex_weight: Tensor,
-                 blur_neighbors: Tensor, reverse: bool) -> Tensor:
-    return torch.empty_like(values, memory_format=torch.contiguous_format)
+                 blur_neighbors: Tensor, splat_offsets: Tensor, splat_entries: Tensor,
+                 reverse: bool) -> Tensor:
+    return values.new_empty(values.shape)
 
 
 def _filter_setup_context(ctx, inputs: tuple, output: Tensor) -> None:
-    _, vertex_index, vertex_weight, blur_neighbors, reverse = inputs
-    ctx.save_for_backward(vertex_index, vertex_weight, blur_neighbors)
-    ctx.reverse = reverse
+    ctx.save_for_backward(*inputs[1:-1])
+    ctx.reverse = inputs[-1]
 
 
 def _filter_backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
     # The adjoint of splat-blur-slice is the same lattice with the blur axes in reverse order.
-    vertex_index, vertex_weight, blur_neighbors = ctx.saved_tensors
     grad_values = torch.ops.deeplabv2_ext.permutohedral_filter(
-        grad_output.contiguous(), vertex_index, vertex_weight, blur_neighbors, not ctx.reverse)
-    return grad_values, None, None, None, None
+        grad_output.contiguous(), *ctx.saved_tensors, not ctx.reverse)
+    return (grad_values,) + (None,) * 6
 
 
 torch.library.register_autograd("deeplabv2_ext::permutohedral_filter", _filter_backward,
@@ -97,11 +103,12 @@ class PairwiseTerm:
     """One Gaussian pairwise potential: a lattice, its normalisation and a compatibility.
 
     ``message(Q)`` is what pydensecrf's ``PairwisePotential::apply`` returns,
-    ``compatibility @ normalised_filter(Q)``; the mean-field update subtracts it.
+    ``compatibility @ normalised_filter(Q)``; the mean-field update subtracts it. Values are
+    point-major, [N, P, L], the layout of the filter op.
     """
 
     lattice: PermutohedralLattice
-    normalizer: Tensor | None  # [N, 1, P]; None for "none"
+    normalizer: Tensor | None  # [N, P, 1]; None for "none"
     normalization: str
     compatibility: Tensor  # [L, L]
 
@@ -115,23 +122,24 @@ class PairwiseTerm:
         lattice = build_lattice(features)
         normalizer = None
         if normalization != "none":
-            ones = torch.ones(features.shape[0], 1, features.shape[2], dtype=dtype,
+            ones = torch.ones(features.shape[0], features.shape[2], 1, dtype=dtype,
                               device=features.device)
-            response = lattice.filter(ones) + 1e-20
+            response = lattice.filter_points(ones) + 1e-20
             normalizer = response.rsqrt() if normalization == "symmetric" else response.reciprocal()
         matrix = compatibility_matrix(compatibility, num_labels, features.device, dtype)
         return cls(lattice, normalizer, normalization, matrix)
 
     def filter(self, values: Tensor) -> Tensor:
-        """pydensecrf's ``DenseKernel::filter`` (not transposed) of ``values`` [N, V, P]."""
+        """pydensecrf's ``DenseKernel::filter`` (not transposed) of ``values`` [N, P, V]."""
         if self.normalization == "symmetric":
-            return self.normalizer * self.lattice.filter(values * self.normalizer)
+            return self.normalizer * self.lattice.filter_points(values * self.normalizer)
         if self.normalization == "after":
-            return self.normalizer * self.lattice.filter(values)
-        return self.lattice.filter(values)
+            return self.normalizer * self.lattice.filter_points(values)
+        return self.lattice.filter_points(values)
 
     def message(self, Q: Tensor) -> Tensor:
-        return torch.einsum("kl,nlp->nkp", self.compatibility, self.filter(Q))
+        """``compatibility @ filter(Q)`` for point-major Q [N, P, L]."""
+        return self.filter(Q) @ self.compatibility.T
 
 
 def compatibility_matrix(compatibility: float | Tensor, num_labels: int, device: torch.device,
@@ -148,21 +156,30 @@ def compatibility_matrix(compatibility: float | Tensor, num_labels: int, device:
                      f"L = {num_labels}, got shape {tuple(compatibility.shape)}")
 
 
-def mean_field_step(unary: Tensor, terms: Sequence[PairwiseTerm], Q: Tensor) -> Tensor:
-    """One mean-field update: ``softmax(unary - sum_k message_k(Q))`` over labels (dim 1)."""
+def _step_points(unary: Tensor, terms: Sequence[PairwiseTerm], Q: Tensor) -> Tensor:
     energy = unary
     for term in terms:
         energy = energy - term.message(Q)
-    return torch.softmax(energy, dim=1)
+    return torch.softmax(energy, dim=-1)
+
+
+def _mean_field_points(unary: Tensor, terms: Sequence[PairwiseTerm], iterations: int) -> Tensor:
+    Q = torch.softmax(unary, dim=-1)
+    for _ in range(iterations):
+        Q = _step_points(unary, terms, Q)
+    return Q
+
+
+def mean_field_step(unary: Tensor, terms: Sequence[PairwiseTerm], Q: Tensor) -> Tensor:
+    """One mean-field update ``softmax(unary - sum_k message_k(Q))`` of Q [N, L, P]."""
+    return _step_points(unary.transpose(1, 2), terms, Q.transpose(1, 2)).transpose(1, 2)
 
 
 def mean_field(unary: Tensor, terms: Sequence[PairwiseTerm], iterations: int) -> Tensor:
-    """Marginals after ``iterations`` mean-field updates from ``Q = softmax(unary)``;
-    ``unary`` [N, L, P] is pydensecrf's ``-U``."""
-    Q = torch.softmax(unary, dim=1)
-    for _ in range(iterations):
-        Q = mean_field_step(unary, terms, Q)
-    return Q
+    """Marginals [N, L, P] after ``iterations`` mean-field updates from
+    ``Q = softmax(unary)``; ``unary`` [N, L, P] is pydensecrf's ``-U``."""
+    unary_points = unary.transpose(1, 2).contiguous()
+    return _mean_field_points(unary_points, terms, iterations).transpose(1, 2)
 
 
 def pixel_grid(batch: int, height: int, width: int, device: torch.device) -> Tensor:
@@ -254,7 +271,8 @@ def dense_crf(
                      "gaussian_sxy": gaussian_sxy}, normalization)
     batch, labels, height, width = unary.shape
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
-    unary_flat = unary.to(dtype).reshape(batch, labels, -1)
+    # Point-major [N, P, L] (contiguous), the layout of the filter op, for the whole loop.
+    unary_points = unary.to(dtype).reshape(batch, labels, -1).transpose(1, 2).contiguous()
     if compatibility is None:
         base = -torch.eye(labels, device=unary.device, dtype=dtype)
     else:
@@ -271,8 +289,8 @@ def dense_crf(
             continue
         terms.append(PairwiseTerm.from_features(features(), weight * base, normalization,
                                                 labels, dtype))
-    Q = mean_field(unary_flat, terms, iterations)
-    return Q.reshape(batch, labels, height, width)
+    Q = _mean_field_points(unary_points, terms, iterations)
+    return Q.transpose(1, 2).reshape(batch, labels, height, width)
 
 
 def permutohedral_filter(values: Tensor, features: Tensor, normalization: str = "after") -> Tensor:
@@ -305,7 +323,8 @@ def permutohedral_filter(values: Tensor, features: Tensor, normalization: str = 
     dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
     term = PairwiseTerm.from_features(features.reshape(batch, features.shape[1], -1), 0.0,
                                       normalization, channels, dtype)
-    return term.filter(values.to(dtype).reshape(batch, channels, -1)).reshape(values.shape)
+    points = values.to(dtype).reshape(batch, channels, -1).transpose(1, 2)
+    return term.filter(points).transpose(1, 2).reshape(values.shape)
 
 
 class DenseCRF(nn.Module):

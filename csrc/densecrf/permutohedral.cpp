@@ -25,18 +25,19 @@ void check_lattice_args(const at::Tensor& features) {
 }
 
 void check_filter_args(const at::Tensor& values, const at::Tensor& vertex_index,
-                       const at::Tensor& vertex_weight, const at::Tensor& blur_neighbors) {
-  TORCH_CHECK_VALUE(values.dim() == 3, "permutohedral_filter: values must be 3-D [N, V, P], got ",
+                       const at::Tensor& vertex_weight, const at::Tensor& blur_neighbors,
+                       const at::Tensor& splat_offsets, const at::Tensor& splat_entries) {
+  TORCH_CHECK_VALUE(values.dim() == 3, "permutohedral_filter: values must be 3-D [N, P, V], got ",
                     values.sizes());
   TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
                    "permutohedral_filter: values must be float32 or float64, got ",
                    values.scalar_type());
   TORCH_CHECK_VALUE(vertex_index.dim() == 3 && vertex_weight.sizes() == vertex_index.sizes() &&
                         vertex_index.size(0) == values.size(0) &&
-                        vertex_index.size(1) == values.size(2),
+                        vertex_index.size(1) == values.size(1),
                     "permutohedral_filter: the lattice (vertex_index ", vertex_index.sizes(),
                     ", vertex_weight ", vertex_weight.sizes(), ") does not match values ",
-                    values.sizes(), " [N, V, P]");
+                    values.sizes(), " [N, P, V]");
   const int64_t d = vertex_index.size(2) - 1;
   TORCH_CHECK_VALUE(d >= 1 && d <= kMaxLatticeDim && blur_neighbors.dim() == 3 &&
                         blur_neighbors.size(0) == d + 1 && blur_neighbors.size(2) == 2,
@@ -47,7 +48,15 @@ void check_filter_args(const at::Tensor& values, const at::Tensor& vertex_index,
                        vertex_weight.scalar_type() == at::kFloat,
                    "permutohedral_filter: vertex_index and blur_neighbors must be int32 and "
                    "vertex_weight float32 (as returned by permutohedral_lattice)");
-  for (const at::Tensor* t : {&vertex_index, &vertex_weight, &blur_neighbors}) {
+  TORCH_CHECK_VALUE(splat_offsets.dim() == 1 && splat_offsets.size(0) == blur_neighbors.size(1) + 1 &&
+                        splat_entries.dim() == 1 && splat_entries.size(0) == vertex_index.numel(),
+                    "permutohedral_filter: splat_offsets must be [M+1] and splat_entries "
+                    "[N*P*(D+1)], got ", splat_offsets.sizes(), " and ", splat_entries.sizes());
+  TORCH_CHECK_TYPE(splat_offsets.scalar_type() == at::kInt &&
+                       splat_entries.scalar_type() == at::kInt,
+                   "permutohedral_filter: splat_offsets and splat_entries must be int32");
+  for (const at::Tensor* t :
+       {&vertex_index, &vertex_weight, &blur_neighbors, &splat_offsets, &splat_entries}) {
     TORCH_CHECK_VALUE(t->device() == values.device(),
                       "permutohedral_filter: all tensors must be on the same device, got values "
                       "on ", values.device(), " and a lattice tensor on ", t->device());
@@ -56,9 +65,10 @@ void check_filter_args(const at::Tensor& values, const at::Tensor& vertex_index,
 
 TORCH_LIBRARY_FRAGMENT(deeplabv2_ext, m) {
   m.def("permutohedral_lattice(Tensor features) -> (Tensor vertex_index, Tensor vertex_weight, "
-        "Tensor blur_neighbors)");
+        "Tensor blur_neighbors, Tensor splat_offsets, Tensor splat_entries)");
   m.def("permutohedral_filter(Tensor values, Tensor vertex_index, Tensor vertex_weight, "
-        "Tensor blur_neighbors, bool reverse) -> Tensor");
+        "Tensor blur_neighbors, Tensor splat_offsets, Tensor splat_entries, bool reverse) -> "
+        "Tensor");
 }
 
 }  // namespace deeplabv2_ext::densecrf
