@@ -1,0 +1,153 @@
+// CUDA implementation of deeplabv2_ext::permutohedral_lattice / permutohedral_filter (glue).
+//
+// Checks the arguments, makes the inputs contiguous, allocates outputs and workspaces, fills the
+// torch-free parameter structs of permutohedral_kernel.cuh and calls the launchers on the current
+// stream. The lattice build reads two int32 back to the host (error flag and M, one small
+// device-to-host copy that synchronises the stream) to allocate blur_neighbors [D+1, M, 2] and
+// splat_offsets [M+1]; the filter never synchronises (index validity is checked on the device).
+#include "../permutohedral.h"
+#include "permutohedral_kernel.cuh"
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <tuple>
+
+namespace deeplabv2_ext::densecrf {
+namespace {
+
+at::Tensor make_workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+
+// The kernels read blur_neighbors as int2 pairs: make sure the data is 8-byte aligned.
+at::Tensor aligned_pairs(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 8 != 0) c = c.clone();
+  return c;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohedral_lattice_cuda(
+    const at::Tensor& features) {
+  check_lattice_args(features);
+  TORCH_CHECK_VALUE(features.is_cuda(), "permutohedral_lattice: the CUDA kernel got features on ",
+                    features.device());
+  c10::cuda::CUDAGuard guard(features.device());
+  const at::Tensor f = features.contiguous();
+  const int64_t N = f.size(0), P = f.size(2);
+  const int d = static_cast<int>(f.size(1));
+  const auto int_opts = f.options().dtype(at::kInt);
+  at::Tensor vertex_index = at::empty({N, P, d + 1}, int_opts);
+  at::Tensor vertex_weight = at::empty({N, P, d + 1}, f.options());
+  if (N == 0 || P == 0) {
+    return {vertex_index, vertex_weight, at::empty({d + 1, 0, 2}, int_opts),
+            at::zeros({1}, int_opts), at::empty({0}, int_opts)};
+  }
+  TORCH_CHECK_VALUE(N * P * (d + 1) <= kLatticeMaxEntries,
+                    "permutohedral_lattice (CUDA): N * P * (D + 1) = ", N * P * (d + 1),
+                    " lattice entries exceed the supported ", kLatticeMaxEntries,
+                    "; split the batch");
+
+  LatticeParams p;
+  p.features = f.data_ptr<float>();
+  p.vertex_index = vertex_index.data_ptr<int32_t>();
+  p.vertex_weight = vertex_weight.data_ptr<float>();
+  p.N = N;
+  p.P = P;
+  p.D = d;
+  at::Tensor info = at::empty({kLatticeInfoSize}, int_opts);
+  p.info = info.data_ptr<int32_t>();
+  at::Tensor workspace = make_workspace(lattice_workspace_bytes(p), f);
+  p.workspace = workspace.data_ptr();
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  C10_CUDA_CHECK(launch_lattice_build(p, stream));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  const at::Tensor host_info = info.to(at::kCPU);  // synchronises the stream
+  const int32_t* h = host_info.data_ptr<int32_t>();
+  TORCH_CHECK(h[kLatticeInfoError] == 0,
+              "permutohedral_lattice (CUDA): the lattice hash table (", lattice_hash_capacity(p),
+              " slots for ", N * P * (d + 1), " entries) overflowed; this cannot happen for a "
+              "correct build, please report it");
+  p.M = h[kLatticeInfoVertices];
+  TORCH_CHECK(p.M >= 1 && p.M <= N * P * (d + 1),
+              "permutohedral_lattice (CUDA): invalid vertex count ", p.M);
+
+  at::Tensor blur_neighbors = at::empty({d + 1, p.M, 2}, int_opts);
+  at::Tensor splat_offsets = at::empty({p.M + 1}, int_opts);
+  at::Tensor splat_entries = at::empty({N * P * (d + 1)}, int_opts);
+  p.blur_neighbors = blur_neighbors.data_ptr<int32_t>();
+  p.splat_offsets = splat_offsets.data_ptr<int32_t>();
+  p.splat_entries = splat_entries.data_ptr<int32_t>();
+  at::Tensor finish_workspace = make_workspace(lattice_finish_workspace_bytes(p), f);
+  p.finish_workspace = finish_workspace.data_ptr();
+  C10_CUDA_CHECK(launch_lattice_finish(p, stream));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // The workspaces are freed here; the caching allocator orders their reuse on `stream`.
+  return {vertex_index, vertex_weight, blur_neighbors, splat_offsets, splat_entries};
+}
+
+at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor& vertex_index,
+                                     const at::Tensor& vertex_weight,
+                                     const at::Tensor& blur_neighbors,
+                                     const at::Tensor& splat_offsets,
+                                     const at::Tensor& splat_entries, bool reverse) {
+  check_filter_args(values, vertex_index, vertex_weight, blur_neighbors, splat_offsets,
+                    splat_entries);
+  TORCH_CHECK_VALUE(values.is_cuda(), "permutohedral_filter: the CUDA kernel got values on ",
+                    values.device());
+  c10::cuda::CUDAGuard guard(values.device());
+  const int64_t N = values.size(0), P = values.size(1), V = values.size(2);
+  const int d = static_cast<int>(vertex_index.size(2) - 1);
+  const int64_t M = blur_neighbors.size(1);
+  at::Tensor out = at::empty({N, P, V}, values.options());
+  if (out.numel() == 0) return out;
+  // N, P, V >= 1 here, so there is at least one lattice entry and hence one vertex.
+  TORCH_CHECK_VALUE(M >= 1, "permutohedral_filter: blur_neighbors has no vertices (M = 0) but "
+                    "values is not empty: pass the tensors returned by permutohedral_lattice");
+  TORCH_CHECK_VALUE(N * P * (d + 1) <= kLatticeMaxEntries,
+                    "permutohedral_filter (CUDA): N * P * (D + 1) = ", N * P * (d + 1),
+                    " lattice entries exceed the supported ", kLatticeMaxEntries);
+
+  const at::Tensor in = values.contiguous();
+  const at::Tensor index = vertex_index.contiguous();
+  const at::Tensor weight = vertex_weight.contiguous();
+  const at::Tensor neighbors = aligned_pairs(blur_neighbors);
+  const at::Tensor offsets = splat_offsets.contiguous();
+  const at::Tensor entries = splat_entries.contiguous();
+
+  FilterParams p;
+  p.values = in.data_ptr();
+  p.output = out.data_ptr();
+  p.vertex_index = index.data_ptr<int32_t>();
+  p.vertex_weight = weight.data_ptr<float>();
+  p.blur_neighbors = neighbors.data_ptr<int32_t>();
+  p.splat_offsets = offsets.data_ptr<int32_t>();
+  p.splat_entries = entries.data_ptr<int32_t>();
+  p.N = N;
+  p.V = V;
+  p.P = P;
+  p.M = M;
+  p.D = d;
+  p.reverse = reverse;
+  p.dtype = in.scalar_type() == at::kDouble ? FilterDType::kFloat64 : FilterDType::kFloat32;
+  at::Tensor workspace = make_workspace(filter_workspace_bytes(p), in);
+  p.workspace = workspace.data_ptr();
+
+  C10_CUDA_CHECK(launch_filter(p, c10::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+}  // namespace deeplabv2_ext::densecrf
+
+TORCH_LIBRARY_IMPL(deeplabv2_ext, CUDA, m) {
+  m.impl("permutohedral_lattice", &deeplabv2_ext::densecrf::permutohedral_lattice_cuda);
+  m.impl("permutohedral_filter", &deeplabv2_ext::densecrf::permutohedral_filter_cuda);
+}

@@ -1,0 +1,224 @@
+// Permutohedral filter on the GPU: splat -> blur (D+1 axes) -> slice, for point-major values
+// [N, P, V] (float32 with float32 lattice buffers, or float64 with float64 buffers) on a lattice
+// of M vertices (vertex_index / vertex_weight [N, P, D+1], blur_neighbors [D+1, M, 2], splat
+// plan splat_offsets [M+1] / splat_entries [N*P*(D+1)]).
+//
+// Lattice buffers: two [M, V] row-major arrays (the V values of a vertex contiguous), ping-pong.
+// Every kernel is one thread per (row, value) element, value fastest, so that all V values of a
+// row are handled together by adjacent lanes and every row read / write is coalesced:
+//   splat  (vertex i, v): a gather over the splat plan, no atomics, no memset:
+//            lattice[i, v] = sum over k in [offsets[i], offsets[i+1]) of
+//                            w[e_k] * values[e_k / (D+1), v],   e_k = splat_entries[k],
+//          summed in increasing e (the CPU op's order) with explicit round-to-nearest multiply
+//          and add (no FMA contraction), so given the same lattice the sums are bit-identical to
+//          the CPU op's. Entries are processed 4 at a time with the loads issued first (memory-
+//          level parallelism inside a long list).
+//   blur   (vertex i, v), one launch per axis (0..D, or D..0 when reverse):
+//            new[i, v] = old[i, v] + 0.5 * (old[n1, v] + old[n2, v]),  missing neighbour = 0,
+//          the v2 code's arithmetic.
+//   slice  (point t, v): out[t, v] = sum_r (w_r * alpha) * lattice[idx_r, v], r = 0..D, in the CPU
+//          op's order and rounding (alpha = slice_alpha(D)).
+// Launches per filter: 1 splat + (D+1) blur + 1 slice.
+//
+// Known performance limit: a vertex touched by very many entries (flat image regions under the
+// bilateral kernel: thousands) is summed sequentially by its V threads; the longest list bounds
+// the splat's time. If that shows up on a GPU, split long lists into fixed chunks with a
+// deterministic fix-up pass (the order then differs from the CPU op by rounding only).
+//
+// Index checks: out-of-range vertex_index / splat_entries, blur_neighbors outside [-1, M), or
+// splat_offsets that decrease or leave [0, N*P*(D+1)] __trap() (device-side assert) instead of
+// touching memory out of bounds.
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../permutohedral_math.h"
+#include "permutohedral_kernel.cuh"
+
+namespace deeplabv2_ext {
+namespace densecrf {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+constexpr int kSplatUnroll = 4;
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+int blocks_for(int64_t work) {
+  int64_t b = (work + kThreads - 1) / kThreads;
+  if (b < 1) b = 1;
+  if (b > kMaxBlocks) b = kMaxBlocks;
+  return static_cast<int>(b);
+}
+
+// Round-to-nearest multiply / add that nvcc never contracts into an FMA (the CPU op's rounding).
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+// (row, col) of flat element `idx` of a [rows, V] array; 32-bit division when the array fits.
+__device__ __forceinline__ void split_index(int64_t idx, int64_t V, bool small, int64_t& row,
+                                            int64_t& col) {
+  if (small) {
+    const uint32_t r = static_cast<uint32_t>(idx) / static_cast<uint32_t>(V);
+    row = r;
+    col = idx - static_cast<int64_t>(r) * V;
+  } else {
+    row = idx / V;
+    col = idx - row * V;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    splat_kernel(const T* __restrict__ values, const float* __restrict__ vertex_weight,
+                 const int32_t* __restrict__ splat_offsets,
+                 const int32_t* __restrict__ splat_entries, int64_t M, int64_t V, int d,
+                 int64_t entries, T* __restrict__ lattice) {
+  const int64_t total = M * V;
+  const bool small = total <= int64_t(UINT32_MAX);
+  const uint32_t dp1 = static_cast<uint32_t>(d + 1);
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t i, v;
+    split_index(idx, V, small, i, v);
+    const int32_t k0 = __ldg(splat_offsets + i);
+    const int32_t k1 = __ldg(splat_offsets + i + 1);
+    if (k0 < 0 || k1 < k0 || k1 > entries) __trap();
+    T acc = T(0);
+    int32_t k = k0;
+    for (; k + kSplatUnroll <= k1; k += kSplatUnroll) {
+      uint32_t e[kSplatUnroll];
+      T w[kSplatUnroll], x[kSplatUnroll];
+#pragma unroll
+      for (int j = 0; j < kSplatUnroll; ++j) {
+        e[j] = static_cast<uint32_t>(__ldg(splat_entries + k + j));
+        if (e[j] >= static_cast<uint64_t>(entries)) __trap();
+      }
+#pragma unroll
+      for (int j = 0; j < kSplatUnroll; ++j) {
+        w[j] = static_cast<T>(__ldg(vertex_weight + e[j]));
+        x[j] = __ldg(values + static_cast<int64_t>(e[j] / dp1) * V + v);
+      }
+#pragma unroll
+      for (int j = 0; j < kSplatUnroll; ++j) acc = add_rn(acc, mul_rn(w[j], x[j]));
+    }
+    for (; k < k1; ++k) {
+      const uint32_t e = static_cast<uint32_t>(__ldg(splat_entries + k));
+      if (e >= static_cast<uint64_t>(entries)) __trap();
+      const T w = static_cast<T>(__ldg(vertex_weight + e));
+      acc = add_rn(acc, mul_rn(w, __ldg(values + static_cast<int64_t>(e / dp1) * V + v)));
+    }
+    lattice[idx] = acc;
+  }
+}
+
+// Blur along one axis: dst[i, v] = src[i, v] + 0.5 * (src[n1, v] + src[n2, v]).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    blur_kernel(const T* __restrict__ src, const int2* __restrict__ neighbors, int64_t M,
+                int64_t V, T* __restrict__ dst) {
+  const int64_t total = M * V;
+  const bool small = total <= int64_t(UINT32_MAX);
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t i, v;
+    split_index(idx, V, small, i, v);
+    const int2 nb = __ldg(neighbors + i);
+    if (nb.x < -1 || nb.y < -1 || nb.x >= M || nb.y >= M) __trap();
+    const T a = nb.x >= 0 ? __ldg(src + static_cast<int64_t>(nb.x) * V + v) : T(0);
+    const T b = nb.y >= 0 ? __ldg(src + static_cast<int64_t>(nb.y) * V + v) : T(0);
+    dst[idx] = add_rn(__ldg(src + idx), mul_rn(T(0.5), add_rn(a, b)));
+  }
+}
+
+// Slice: out[t, v] = sum_r (w_r * alpha) * lattice[idx_r, v].
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    slice_kernel(const T* __restrict__ lattice, const int32_t* __restrict__ vertex_index,
+                 const float* __restrict__ vertex_weight, int64_t points, int64_t V, int64_t M,
+                 int d, T alpha, T* __restrict__ out) {
+  const int64_t total = points * V;
+  const bool small = total <= int64_t(UINT32_MAX);
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t t, v;
+    split_index(idx, V, small, t, v);
+    const int64_t base = t * (d + 1);
+    T acc = T(0);
+    // unroll 2: ptxas spills the float64 sm_90 version when it unrolls this loop by 4.
+#pragma unroll 2
+    for (int r = 0; r <= d; ++r) {
+      const int32_t id = __ldg(vertex_index + base + r);
+      if (id < 0 || id >= M) __trap();
+      const T w = mul_rn(static_cast<T>(__ldg(vertex_weight + base + r)), alpha);
+      acc = add_rn(acc, mul_rn(w, __ldg(lattice + static_cast<int64_t>(id) * V + v)));
+    }
+    out[idx] = acc;
+  }
+}
+
+template <typename T>
+cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
+  const size_t buf_bytes = align_up(sizeof(T) * static_cast<size_t>(p.M * p.V));
+  T* buf[2] = {static_cast<T*>(p.workspace),
+               reinterpret_cast<T*>(static_cast<char*>(p.workspace) + buf_bytes)};
+  const int64_t points = p.N * p.P;
+  const int64_t entries = points * (p.D + 1);
+
+  splat_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
+      static_cast<const T*>(p.values), p.vertex_weight, p.splat_offsets, p.splat_entries, p.M,
+      p.V, p.D, entries, buf[0]);
+  cudaError_t err = cudaPeekAtLastError();
+  if (err != cudaSuccess) return err;
+
+  int cur = 0;
+  const int2* neighbors = reinterpret_cast<const int2*>(p.blur_neighbors);
+  for (int step = 0; step <= p.D; ++step) {
+    const int axis = p.reverse ? p.D - step : step;
+    blur_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
+        buf[cur], neighbors + static_cast<int64_t>(axis) * p.M, p.M, p.V, buf[1 - cur]);
+    err = cudaPeekAtLastError();
+    if (err != cudaSuccess) return err;
+    cur = 1 - cur;
+  }
+
+  const T alpha = static_cast<T>(slice_alpha(p.D));
+  slice_kernel<T><<<blocks_for(points * p.V), kThreads, 0, stream>>>(
+      buf[cur], p.vertex_index, p.vertex_weight, points, p.V, p.M, p.D, alpha,
+      static_cast<T*>(p.output));
+  return cudaPeekAtLastError();
+}
+
+size_t elem_size(FilterDType t) {
+  return t == FilterDType::kFloat64 ? sizeof(double) : sizeof(float);
+}
+
+}  // namespace
+
+size_t filter_workspace_bytes(const FilterParams& p) {
+  if (p.M <= 0 || p.V <= 0) return 0;
+  return 2 * align_up(elem_size(p.dtype) * static_cast<size_t>(p.M * p.V));
+}
+
+cudaError_t launch_filter(const FilterParams& p, cudaStream_t stream) {
+  if (p.D < 1 || p.D > kMaxLatticeDim || p.N < 1 || p.P < 1 || p.V < 1 || p.M < 1 ||
+      p.N * p.P * (p.D + 1) > kLatticeMaxEntries || p.values == nullptr ||
+      p.output == nullptr || p.vertex_index == nullptr || p.vertex_weight == nullptr ||
+      p.blur_neighbors == nullptr || p.splat_offsets == nullptr || p.splat_entries == nullptr ||
+      p.workspace == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  switch (p.dtype) {
+    case FilterDType::kFloat32: return run_filter<float>(p, stream);
+    case FilterDType::kFloat64: return run_filter<double>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace densecrf
+}  // namespace deeplabv2_ext
