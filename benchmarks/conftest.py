@@ -28,6 +28,8 @@ def _load_summarize():
 def pytest_addoption(parser):
     g = parser.getgroup("aspp-bench")
     g.addoption("--aspp-device", choices=["cpu", "cuda"], default=None, help="device to benchmark on")
+    parser.getgroup("crf-bench").addoption("--crf-device", choices=["cpu", "cuda"], default=None,
+                                           help="device of the DenseCRF benchmarks")
     g.addoption("--aspp-shapes", default=None, help="comma-separated shape names (S1,S2,S3 / CPU1)")
     g.addoption("--aspp-dtypes", default=None, help="comma-separated dtypes (fp32,bf16,fp16)")
     g.addoption("--aspp-no-compile", action="store_true", default=False, help="skip the torch.compile baseline")
@@ -90,5 +92,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not RESULTS:
         return
     summarize = _load_summarize()
-    terminalreporter.write_sep("=", "ASPP: ours / best baseline per group")
+    terminalreporter.write_sep("=", "ours / best baseline per group")
     terminalreporter.write(summarize.format_markdown(RESULTS))

@@ -15,6 +15,7 @@ few N·L·H·W buffers are alive at a time.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -110,7 +111,7 @@ class PairwiseTerm:
     lattice: PermutohedralLattice
     normalizer: Tensor | None  # [N, P, 1]; None for "none"
     normalization: str
-    compatibility: Tensor  # [L, L]
+    compatibility: Tensor | float  # [L, L] matrix, or a Potts weight w (the matrix -w·I)
 
     @classmethod
     def from_features(cls, features: Tensor, compatibility: float | Tensor, normalization: str,
@@ -126,8 +127,11 @@ class PairwiseTerm:
                               device=features.device)
             response = lattice.filter_points(ones) + 1e-20
             normalizer = response.rsqrt() if normalization == "symmetric" else response.reciprocal()
-        matrix = compatibility_matrix(compatibility, num_labels, features.device, dtype)
-        return cls(lattice, normalizer, normalization, matrix)
+        if isinstance(compatibility, (int, float)):
+            compatibility = float(compatibility)
+        else:
+            compatibility = compatibility_matrix(compatibility, num_labels, features.device, dtype)
+        return cls(lattice, normalizer, normalization, compatibility)
 
     def filter(self, values: Tensor) -> Tensor:
         """pydensecrf's ``DenseKernel::filter`` (not transposed) of ``values`` [N, P, V]."""
@@ -139,7 +143,15 @@ class PairwiseTerm:
 
     def message(self, Q: Tensor) -> Tensor:
         """``compatibility @ filter(Q)`` for point-major Q [N, P, L]."""
+        if isinstance(self.compatibility, float):
+            return self.filter(Q) * -self.compatibility
         return self.filter(Q) @ self.compatibility.T
+
+    def subtract_message(self, energy: Tensor, Q: Tensor) -> Tensor:
+        """``energy - message(Q)``; one fused op for Potts."""
+        if isinstance(self.compatibility, float):
+            return torch.add(energy, self.filter(Q), alpha=self.compatibility)
+        return energy - self.message(Q)
 
 
 def compatibility_matrix(compatibility: float | Tensor, num_labels: int, device: torch.device,
@@ -147,6 +159,8 @@ def compatibility_matrix(compatibility: float | Tensor, num_labels: int, device:
     """The [L, L] matrix pydensecrf applies for a Potts weight, a diagonal or a full matrix."""
     if isinstance(compatibility, (int, float)):
         return -float(compatibility) * torch.eye(num_labels, device=device, dtype=dtype)
+    if isinstance(compatibility, Tensor) and compatibility.dim() == 0:
+        return -compatibility.to(device, dtype) * torch.eye(num_labels, device=device, dtype=dtype)
     compatibility = torch.as_tensor(compatibility, device=device, dtype=dtype)
     if compatibility.shape == (num_labels,):
         return torch.diag(compatibility)
@@ -159,7 +173,7 @@ def compatibility_matrix(compatibility: float | Tensor, num_labels: int, device:
 def _step_points(unary: Tensor, terms: Sequence[PairwiseTerm], Q: Tensor) -> Tensor:
     energy = unary
     for term in terms:
-        energy = energy - term.message(Q)
+        energy = term.subtract_message(energy, Q)
     return torch.softmax(energy, dim=-1)
 
 
@@ -187,7 +201,7 @@ def pixel_grid(batch: int, height: int, width: int, device: torch.device) -> Ten
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=device),
                             torch.arange(width, dtype=torch.float32, device=device),
                             indexing="ij")
-    return torch.stack([xs, ys]).reshape(1, 2, -1).expand(batch, 2, height * width)
+    return torch.stack([xs, ys]).reshape(1, 2, height * width).expand(batch, 2, height * width)
 
 
 def gaussian_features(batch: int, height: int, width: int, sxy: float,
@@ -199,7 +213,7 @@ def gaussian_features(batch: int, height: int, width: int, sxy: float,
 def bilateral_features(image: Tensor, sxy: float, srgb: float) -> Tensor:
     """Features of pydensecrf's ``addPairwiseBilateral``: (x, y) / sxy, (r, g, b) / srgb."""
     batch, _, height, width = image.shape
-    colours = image.to(torch.float32).reshape(batch, 3, -1) / srgb
+    colours = image.to(torch.float32).reshape(batch, 3, height * width) / srgb
     return torch.cat([pixel_grid(batch, height, width, image.device) / sxy, colours], dim=1)
 
 
@@ -272,12 +286,8 @@ def dense_crf(
     batch, labels, height, width = unary.shape
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
     # Point-major [N, P, L] (contiguous), the layout of the filter op, for the whole loop.
-    unary_points = unary.to(dtype).reshape(batch, labels, -1).transpose(1, 2).contiguous()
-    if compatibility is None:
-        base = -torch.eye(labels, device=unary.device, dtype=dtype)
-    else:
-        base = compatibility_matrix(compatibility.to(unary.device, dtype), labels,
-                                    unary.device, dtype)
+    points = height * width
+    unary_points = unary.to(dtype).reshape(batch, labels, points).transpose(1, 2).contiguous()
     terms = []
     kernels = [
         (gaussian_weight, lambda: gaussian_features(batch, height, width, gaussian_sxy,
@@ -285,12 +295,20 @@ def dense_crf(
         (bilateral_weight, lambda: bilateral_features(image, bilateral_sxy, bilateral_srgb)),
     ]
     for weight, features in kernels:
-        if _as_float(weight) == 0.0 and not (isinstance(weight, Tensor) and weight.requires_grad):
+        trainable_weight = isinstance(weight, Tensor) and weight.requires_grad
+        if _as_float(weight) == 0.0 and not trainable_weight:
             continue
-        terms.append(PairwiseTerm.from_features(features(), weight * base, normalization,
+        if compatibility is None and not trainable_weight:
+            term_compatibility = _as_float(weight)  # Potts
+        elif compatibility is None:
+            term_compatibility = -weight * torch.eye(labels, device=unary.device, dtype=dtype)
+        else:
+            term_compatibility = weight * compatibility_matrix(
+                compatibility.to(unary.device, dtype), labels, unary.device, dtype)
+        terms.append(PairwiseTerm.from_features(features(), term_compatibility, normalization,
                                                 labels, dtype))
     Q = _mean_field_points(unary_points, terms, iterations)
-    return Q.transpose(1, 2).reshape(batch, labels, height, width)
+    return Q.transpose(1, 2).reshape(batch, labels, height, width).contiguous()
 
 
 def permutohedral_filter(values: Tensor, features: Tensor, normalization: str = "after") -> Tensor:
@@ -320,10 +338,11 @@ def permutohedral_filter(values: Tensor, features: Tensor, normalization: str = 
     if not values.is_floating_point() or not features.is_floating_point():
         raise TypeError("permutohedral_filter: values and features must be floating point")
     batch, channels = values.shape[:2]
+    num_points = math.prod(values.shape[2:])
     dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
-    term = PairwiseTerm.from_features(features.reshape(batch, features.shape[1], -1), 0.0,
+    term = PairwiseTerm.from_features(features.reshape(batch, features.shape[1], num_points), 0.0,
                                       normalization, channels, dtype)
-    points = values.to(dtype).reshape(batch, channels, -1).transpose(1, 2)
+    points = values.to(dtype).reshape(batch, channels, num_points).transpose(1, 2)
     return term.filter(points).transpose(1, 2).reshape(values.shape)
 
 

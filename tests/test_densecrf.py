@@ -1,0 +1,439 @@
+"""Tests of deeplabv2_ext.dense_crf / DenseCRF against pydensecrf (Krähenbühl's own code).
+
+Inputs are real photographs from skimage.data, cropped/resized to sizes from 1x1 to ~1000x1000,
+with realistic unaries: a soft nearest-centre classifier on colour and position (so its class
+boundaries follow the image), plus smoothed noise, as log-softmax scores. pydensecrf gets the
+same numbers through its public API (see `pydensecrf_marginals`); we require max |dQ| <= 1e-3 and
+argmax agreement >= 99.9 %. The measured agreement is printed (pytest -s).
+"""
+import functools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import deeplabv2_ext
+
+skimage_data = pytest.importorskip("skimage.data")
+from skimage.transform import resize  # noqa: E402
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+MAX_ABS_DQ = 1e-3
+MIN_ARGMAX_AGREEMENT = 0.999
+
+# DeepLab's published settings (bilateral w / sxy / srgb, gaussian w / sxy):
+DEFAULTS = dict(bilateral_weight=4.0, bilateral_sxy=67.0, bilateral_srgb=3.0, gaussian_weight=3.0, gaussian_sxy=3.0)
+DEEPLAB_V2_VOC = dict(bilateral_weight=4.0, bilateral_sxy=121.0, bilateral_srgb=5.0, gaussian_weight=3.0, gaussian_sxy=3.0)
+DEEPLAB_V1 = dict(bilateral_weight=5.0, bilateral_sxy=50.0, bilateral_srgb=3.0, gaussian_weight=3.0, gaussian_sxy=3.0)
+
+
+# --------------------------------------------------------------------------- inputs
+@functools.lru_cache(maxsize=None)
+def _photo_full(name):
+    return np.ascontiguousarray(getattr(skimage_data, name)()[..., :3])
+
+
+def photo(name, h, w):
+    """[h, w, 3] uint8: the largest centred crop of the photo with aspect w/h, resized."""
+    img = _photo_full(name)
+    H, W = img.shape[:2]
+    if W * h > H * w:  # too wide
+        cw = max(1, round(H * w / h))
+        x0 = (W - cw) // 2
+        img = img[:, x0 : x0 + cw]
+    else:
+        ch = max(1, round(W * h / w))
+        y0 = (H - ch) // 2
+        img = img[y0 : y0 + ch]
+    if img.shape[:2] != (h, w):
+        img = resize(img, (h, w), order=1, anti_aliasing=True, preserve_range=True)
+    return np.ascontiguousarray(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+
+
+def realistic_unary(img, L, seed=0, temperature=3.0, noise=0.7):
+    """[L, H, W] float32 log-probabilities of a plausible (imperfect) segmentation of ``img``:
+    a soft nearest-centre classifier on (colour, position) whose centres are L random pixels,
+    plus spatially smoothed noise; log_softmax over labels."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = img.shape[:2]
+    rgb = torch.from_numpy(img).float().permute(2, 0, 1).reshape(3, -1) / 255.0
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    size = max(H, W)
+    xy = torch.stack([xs, ys]).reshape(2, -1) / size
+    feat = torch.cat([rgb / 0.15, xy / 0.35])  # [5, P]
+    centres = feat[:, torch.randint(0, H * W, (L,), generator=g)]  # [5, L]
+    d2 = (feat.unsqueeze(1) - centres.unsqueeze(2)).pow(2).sum(0)  # [L, P]
+    scores = -0.5 * d2.reshape(1, L, H, W)
+    n = torch.randn(1, L, H, W, generator=g)
+    k = 5 if min(H, W) >= 5 else 1
+    n = F.avg_pool2d(n, k, stride=1, padding=k // 2, count_include_pad=False)[..., :H, :W] * (k / 2 if k > 1 else 1)
+    logits = temperature * scores + noise * n
+    return torch.log_softmax(logits, 1)[0].contiguous()
+
+
+def hwc_to_nchw(img):
+    return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+_NORM = {"symmetric": "NORMALIZE_SYMMETRIC", "after": "NORMALIZE_AFTER", "none": "NO_NORMALIZATION"}
+
+
+def pydensecrf_marginals(unary, img, iterations, bilateral_weight=4.0, bilateral_sxy=67.0, bilateral_srgb=3.0,
+                         gaussian_weight=3.0, gaussian_sxy=3.0, compatibility=None, normalization="symmetric"):
+    """What our dense_crf should equal, through pydensecrf's public API: unary [L, H, W] log
+    scores (-U), img [H, W, 3] uint8. Gaussian first, then bilateral (our order too)."""
+    dcrf = pytest.importorskip("pydensecrf.densecrf")
+    L, H, W = unary.shape
+    norm = getattr(dcrf, _NORM[normalization])
+    d = dcrf.DenseCRF2D(W, H, L)
+    d.setUnaryEnergy(np.ascontiguousarray(-np.asarray(unary, dtype=np.float32).reshape(L, -1)))
+
+    def compat(w):
+        if compatibility is None:
+            return float(w)  # Potts: message -w K(Q)
+        return np.ascontiguousarray(np.float32(w) * np.asarray(compatibility, dtype=np.float32))
+
+    if gaussian_weight != 0:
+        d.addPairwiseGaussian(sxy=gaussian_sxy, compat=compat(gaussian_weight), normalization=norm)
+    if bilateral_weight != 0:
+        d.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(img),
+                               compat=compat(bilateral_weight), normalization=norm)
+    return np.array(d.inference(iterations), dtype=np.float32).reshape(L, H, W)
+
+
+def ours(unary, img, iterations, device="cpu", **params):
+    u = torch.as_tensor(unary).unsqueeze(0).to(device)
+    im = hwc_to_nchw(img).to(device)
+    if params.get("compatibility") is not None:
+        params = dict(params, compatibility=torch.as_tensor(params["compatibility"], dtype=torch.float32).to(device))
+    with torch.no_grad():
+        q = deeplabv2_ext.dense_crf(u, im, iterations, **params)
+    return q[0].cpu().numpy()
+
+
+def agreement(q, ref):
+    dq = float(np.abs(q - ref).max()) if q.size else 0.0
+    same = float((q.argmax(0) == ref.argmax(0)).mean()) if q.size else 1.0
+    return dq, same
+
+
+def assert_agrees(q, ref, what="", max_dq=MAX_ABS_DQ, min_same=MIN_ARGMAX_AGREEMENT):
+    assert q.shape == ref.shape
+    assert np.isfinite(q).all()
+    dq, same = agreement(q, ref)
+    print(f"\n[agreement] {what}: max|dQ| = {dq:.2e}, argmax agreement = {100 * same:.4f} %")
+    assert dq <= max_dq, f"{what}: max |dQ| = {dq:.3e} > {max_dq}"
+    assert same >= min_same, f"{what}: argmax agreement {same:.6f} < {min_same}"
+
+
+def potts_like_matrix(L, seed=0):
+    """A non-Potts compatibility with pydensecrf's sign: attraction on the diagonal, label-
+    dependent (asymmetric, which pydensecrf symmetrises) repulsion/attraction elsewhere."""
+    g = np.random.default_rng(seed)
+    m = 0.3 * g.standard_normal((L, L)).astype(np.float32)
+    m[np.diag_indices(L)] = -1.0
+    return m
+
+
+# --------------------------------------------------------- vs pydensecrf on photographs
+CASES = [
+    # id, photo, H, W, L, iterations, params
+    ("1x1-L2", "astronaut", 1, 1, 2, 10, DEFAULTS),
+    ("1x37-L5", "coffee", 1, 37, 5, 10, DEFAULTS),
+    ("23x1-L3", "rocket", 23, 1, 3, 5, DEEPLAB_V2_VOC),
+    ("7x5-L3", "chelsea", 7, 5, 3, 10, DEFAULTS),
+    ("64x48-L21-defaults", "astronaut", 64, 48, 21, 10, DEFAULTS),
+    ("64x48-L64-deeplabv2", "coffee", 64, 48, 64, 10, DEEPLAB_V2_VOC),
+    ("48x64-L2-deeplabv1", "rocket", 48, 64, 2, 10, DEEPLAB_V1),
+    ("90x120-L5-bilateral-off-after", "chelsea", 90, 120, 5, 10, dict(DEFAULTS, bilateral_weight=0.0, normalization="after")),
+    ("90x120-L5-gaussian-off", "rocket", 90, 120, 5, 10, dict(DEFAULTS, gaussian_weight=0.0)),
+    ("80x80-L21-after", "astronaut", 80, 80, 21, 10, dict(DEEPLAB_V2_VOC, normalization="after")),
+    ("80x80-L21-none", "coffee", 80, 80, 21, 5, dict(DEFAULTS, normalization="none", bilateral_weight=0.05, gaussian_weight=0.02)),
+    ("96x128-L21-vector", "chelsea", 96, 128, 21, 10, dict(DEFAULTS, bilateral_weight=1.0, gaussian_weight=1.0, compatibility="vector")),
+    ("96x128-L5-matrix", "coffee", 96, 128, 5, 10, dict(DEFAULTS, compatibility="matrix")),
+    ("70x50-L21-both-off", "astronaut", 70, 50, 21, 10, dict(DEFAULTS, bilateral_weight=0.0, gaussian_weight=0.0)),
+    ("60x60-L5-iters0", "chelsea", 60, 60, 5, 0, DEFAULTS),
+    ("60x60-L5-iters1", "rocket", 60, 60, 5, 1, DEFAULTS),
+    ("321x321-L21-defaults", "astronaut", 321, 321, 21, 10, DEFAULTS),
+    ("321x321-L2-deeplabv2", "chelsea", 321, 321, 2, 10, DEEPLAB_V2_VOC),
+]
+
+
+def _resolve(params, L, seed=0):
+    c = params.get("compatibility")
+    if c == "vector":
+        v = -(1.0 + np.random.default_rng(seed).random(L)).astype(np.float32)  # attraction per label
+        params = dict(params, compatibility=v)
+    elif c == "matrix":
+        params = dict(params, compatibility=potts_like_matrix(L, seed))
+    return params
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_matches_pydensecrf(case):
+    name, photo_name, H, W, L, iters, params = case
+    img = photo(photo_name, H, W)
+    unary = realistic_unary(img, L, seed=H * 7 + W).numpy()
+    params = _resolve(params, L)
+    ref = pydensecrf_marginals(unary, img, iters, **params)
+    q = ours(unary, img, iters, **params)
+    assert_agrees(q, ref, name)
+    torch.testing.assert_close(torch.from_numpy(q.sum(0)), torch.ones(H, W), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_matches_pydensecrf_1000x1000():
+    img = photo("retina", 1000, 1000)
+    unary = realistic_unary(img, 5, seed=3).numpy()
+    ref = pydensecrf_marginals(unary, img, 5, **DEEPLAB_V2_VOC)
+    q = ours(unary, img, 5, **DEEPLAB_V2_VOC)
+    assert_agrees(q, ref, "retina 1000x1000 L5 5 iterations")
+
+
+def test_constant_colour_image_matches_pydensecrf():
+    img = np.full((40, 50, 3), (200, 30, 90), np.uint8)
+    unary = realistic_unary(photo("coffee", 40, 50), 4, seed=1).numpy()
+    assert_agrees(ours(unary, img, 10, **DEFAULTS), pydensecrf_marginals(unary, img, 10, **DEFAULTS), "constant colour")
+
+
+def test_log_softmax_equals_unary_from_softmax():
+    """dense_crf(log p) == pydensecrf with setUnaryEnergy(unary_from_softmax(p)) (no clipping hit)."""
+    utils = pytest.importorskip("pydensecrf.utils")
+    img = photo("astronaut", 30, 40)
+    logp = realistic_unary(img, 6, seed=5, temperature=1.0)
+    p = logp.exp().numpy()
+    U = utils.unary_from_softmax(p)
+    assert_agrees(ours(logp.numpy(), img, 5), pydensecrf_marginals(-U.reshape(6, 30, 40), img, 5), "log p vs unary_from_softmax")
+
+
+# ------------------------------------------------------------------- semantics / batch
+def test_batch_equals_per_image():
+    names = ["astronaut", "coffee", "chelsea", "rocket"]
+    imgs = [photo(n, 37, 53) for n in names]
+    unary = torch.stack([realistic_unary(im, 7, seed=i) for i, im in enumerate(imgs)])
+    image = torch.cat([hwc_to_nchw(im) for im in imgs])
+    q = deeplabv2_ext.dense_crf(unary, image, 5)
+    for i in range(len(imgs)):
+        qi = deeplabv2_ext.dense_crf(unary[i : i + 1], image[i : i + 1], 5)
+        torch.testing.assert_close(q[i : i + 1], qi, rtol=0, atol=1e-6)
+
+
+def test_iterations_zero_is_softmax_and_outputs_are_distributions():
+    img = photo("chelsea", 20, 30)
+    u = realistic_unary(img, 5).unsqueeze(0)
+    im = hwc_to_nchw(img)
+    torch.testing.assert_close(deeplabv2_ext.dense_crf(u, im, 0), torch.softmax(u, 1))
+    q = deeplabv2_ext.dense_crf(u, im, 10)
+    assert q.dtype == torch.float32 and q.shape == u.shape
+    assert q.is_contiguous()  # NCHW like the unary (losses such as nll_loss2d need it in backward)
+    assert (q >= 0).all() and (q <= 1).all()
+    torch.testing.assert_close(q.sum(1), torch.ones(1, 20, 30), atol=1e-5, rtol=0)
+
+
+def test_single_label():
+    img = photo("coffee", 9, 11)
+    q = deeplabv2_ext.dense_crf(torch.randn(2, 1, 9, 11), hwc_to_nchw(img).expand(2, 3, 9, 11), 5)
+    torch.testing.assert_close(q, torch.ones(2, 1, 9, 11))
+
+
+def test_empty_batch():
+    q = deeplabv2_ext.dense_crf(torch.zeros(0, 4, 6, 7), torch.zeros(0, 3, 6, 7, dtype=torch.uint8), 3)
+    assert q.shape == (0, 4, 6, 7)
+
+
+def test_uint8_and_float_images_agree_and_unary_shift_invariance():
+    img = photo("rocket", 25, 31)
+    u = realistic_unary(img, 4).unsqueeze(0)
+    a = deeplabv2_ext.dense_crf(u, hwc_to_nchw(img), 5)
+    b = deeplabv2_ext.dense_crf(u, hwc_to_nchw(img).float(), 5)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    c = deeplabv2_ext.dense_crf(u + 17.0, hwc_to_nchw(img), 5)  # softmax is shift-invariant per pixel
+    torch.testing.assert_close(a, c, rtol=0, atol=1e-5)
+
+
+def test_weight_equals_compatibility_scaling():
+    """weight w with compat M == weight 1 with compat w*M; Potts == compat -I."""
+    img = photo("astronaut", 30, 30)
+    L = 4
+    u = realistic_unary(img, L).unsqueeze(0)
+    im = hwc_to_nchw(img)
+    potts = deeplabv2_ext.dense_crf(u, im, 5, bilateral_weight=4.0, gaussian_weight=3.0)
+    eye = deeplabv2_ext.dense_crf(u, im, 5, bilateral_weight=4.0, gaussian_weight=3.0, compatibility=-torch.eye(L))
+    vec = deeplabv2_ext.dense_crf(u, im, 5, bilateral_weight=4.0, gaussian_weight=3.0, compatibility=-torch.ones(L))
+    torch.testing.assert_close(potts, eye, rtol=0, atol=1e-6)
+    torch.testing.assert_close(potts, vec, rtol=0, atol=1e-6)
+
+
+def test_module_matches_function():
+    img = photo("coffee", 24, 32)
+    u = realistic_unary(img, 5).unsqueeze(0)
+    im = hwc_to_nchw(img)
+    m = deeplabv2_ext.DenseCRF(iterations=4, **DEEPLAB_V2_VOC)
+    torch.testing.assert_close(m(u, im), deeplabv2_ext.dense_crf(u, im, 4, **DEEPLAB_V2_VOC))
+    t = deeplabv2_ext.DenseCRF(iterations=4, **DEEPLAB_V2_VOC, trainable=True, num_labels=5)
+    with torch.no_grad():
+        torch.testing.assert_close(t(u, im), deeplabv2_ext.dense_crf(u, im, 4, **DEEPLAB_V2_VOC), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- gradients
+def test_gradcheck_unary_float64():
+    img = photo("chelsea", 4, 5)
+    u = realistic_unary(img, 3, temperature=1.0).double().unsqueeze(0).requires_grad_(True)
+    im = hwc_to_nchw(img)
+    for norm in ("symmetric", "after", "none"):
+        fn = lambda x: deeplabv2_ext.dense_crf(x, im, 3, bilateral_sxy=3.0, bilateral_srgb=20.0, gaussian_sxy=1.0, normalization=norm)  # noqa: E731
+        assert fn(u).dtype == torch.float64
+        assert torch.autograd.gradcheck(fn, (u,), eps=1e-6, atol=1e-7, rtol=1e-5), norm
+
+
+def test_gradcheck_weights_and_compatibility_float64():
+    img = photo("rocket", 4, 4)
+    L = 3
+    u = realistic_unary(img, L, temperature=1.0).double().unsqueeze(0).requires_grad_(True)
+    im = hwc_to_nchw(img)
+    bw = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    gw = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    cm = torch.from_numpy(potts_like_matrix(L)).double().requires_grad_(True)
+
+    def fn(u_, bw_, gw_, cm_):
+        return deeplabv2_ext.dense_crf(u_, im, 2, bilateral_weight=bw_, gaussian_weight=gw_, compatibility=cm_,
+                                       bilateral_sxy=3.0, bilateral_srgb=20.0, gaussian_sxy=1.0)
+
+    assert torch.autograd.gradcheck(fn, (u, bw, gw, cm), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_trainable_module_gradients():
+    img = photo("astronaut", 33, 41)
+    L = 5
+    m = deeplabv2_ext.DenseCRF(iterations=5, trainable=True, num_labels=L)
+    names = {n for n, _ in m.named_parameters()}
+    assert {"bilateral_weight", "gaussian_weight", "compatibility"} <= names
+    torch.testing.assert_close(m.compatibility.detach(), -torch.eye(L))
+    u = realistic_unary(img, L).unsqueeze(0).requires_grad_(True)
+    target = torch.randint(0, L, (1, 33, 41))
+    loss = F.nll_loss(torch.log(m(u, hwc_to_nchw(img)) + 1e-8), target)
+    loss.backward()
+    for p in [u, m.bilateral_weight, m.gaussian_weight, m.compatibility]:
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+        assert p.grad.abs().sum() > 0
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    opt.step()  # one training step leaves the module usable
+    assert torch.isfinite(m(u.detach(), hwc_to_nchw(img))).all()
+
+
+def test_backward_float32_matches_finite_difference():
+    img = photo("coffee", 6, 7)
+    L = 4
+    u = realistic_unary(img, L, temperature=1.0).unsqueeze(0)
+    im = hwc_to_nchw(img)
+    w = torch.randn(1, L, 6, 7, dtype=torch.float64)
+
+    def f(x):
+        return (deeplabv2_ext.dense_crf(x, im, 3).double() * w).sum()
+
+    x = u.clone().requires_grad_(True)
+    f(x).backward()
+    direction = torch.randn_like(u)
+    eps = 1e-2
+    fd = (f(u + eps * direction) - f(u - eps * direction)).item() / (2 * eps)
+    an = (x.grad.double() * direction.double()).sum().item()
+    assert abs(fd - an) <= 2e-3 * max(1.0, abs(an)), (fd, an)
+
+
+# --------------------------------------------------------------------------- bad inputs
+def _good():
+    return torch.zeros(1, 3, 5, 6), torch.zeros(1, 3, 5, 6, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize(
+    "mutate,exc",
+    [
+        (lambda u, im: (u, im[:, :, :4]), (ValueError,)),  # H mismatch
+        (lambda u, im: (u, im[:, :2]), (ValueError,)),  # 2 channels
+        (lambda u, im: (u[:1].expand(2, 3, 5, 6), im), (ValueError,)),  # N mismatch
+        (lambda u, im: (u.clone().index_put_((torch.tensor([0]),), torch.tensor(float("nan"))), im), (ValueError,)),
+        (lambda u, im: (u.clone().fill_(float("inf")), im), (ValueError,)),
+        (lambda u, im: (u[:, :0], im), (ValueError,)),  # L = 0
+        (lambda u, im: (u[0], im), (ValueError,)),  # 3-D unary
+        (lambda u, im: (u.long(), im), (TypeError,)),
+    ],
+    ids=["size", "channels", "batch", "nan", "inf", "L0", "dims", "int-unary"],
+)
+def test_bad_inputs(mutate, exc):
+    u, im = mutate(*_good())
+    with pytest.raises(exc):
+        deeplabv2_ext.dense_crf(u, im, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"iterations": -1},
+        {"bilateral_sxy": 0.0},
+        {"bilateral_srgb": -3.0},
+        {"gaussian_sxy": 0.0},
+        {"normalization": "before-ish"},
+        {"compatibility": torch.zeros(4, 4)},  # L = 3
+    ],
+)
+def test_bad_parameters(kwargs):
+    u, im = _good()
+    with pytest.raises(ValueError):
+        deeplabv2_ext.dense_crf(u, im, **kwargs)
+
+
+def test_trainable_needs_num_labels():
+    with pytest.raises(ValueError):
+        deeplabv2_ext.DenseCRF(trainable=True)
+
+
+@pytest.mark.cuda
+def test_different_devices_raise():
+    u, im = _good()
+    with pytest.raises((ValueError, RuntimeError)):
+        deeplabv2_ext.dense_crf(u.cuda(), im, 3)
+
+
+# --------------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("H,W,L,params", [(1, 1, 2, DEFAULTS), (7, 5, 3, DEFAULTS), (97, 131, 21, DEFAULTS),
+                                          (321, 321, 21, DEEPLAB_V2_VOC), (64, 48, 64, dict(DEFAULTS, normalization="after"))])
+def test_cuda_matches_cpu(H, W, L, params):
+    img = photo("astronaut", H, W)
+    unary = realistic_unary(img, L, seed=1).numpy()
+    cpu = ours(unary, img, 10, "cpu", **params)
+    gpu = ours(unary, img, 10, "cuda", **params)
+    dq, same = agreement(gpu, cpu)
+    print(f"\n[cuda vs cpu] {H}x{W} L{L}: max|dQ| = {dq:.2e}, argmax agreement {100 * same:.4f} %")
+    assert dq <= 1e-4
+    assert_agrees(gpu, pydensecrf_marginals(unary, img, 10, **params), f"cuda {H}x{W} L{L}")
+
+
+@pytest.mark.cuda
+def test_cuda_batch_and_backward():
+    imgs = [photo(n, 64, 80) for n in ("astronaut", "coffee", "chelsea")]
+    u = torch.stack([realistic_unary(im, 6, seed=i) for i, im in enumerate(imgs)])
+    image = torch.cat([hwc_to_nchw(im) for im in imgs])
+    cpu = deeplabv2_ext.dense_crf(u, image, 5)
+    ug = u.cuda().requires_grad_(True)
+    gpu = deeplabv2_ext.dense_crf(ug, image.cuda(), 5)
+    torch.testing.assert_close(gpu.detach().cpu(), cpu, rtol=0, atol=1e-4)
+    gpu.pow(2).sum().backward()
+    uc = u.clone().requires_grad_(True)
+    deeplabv2_ext.dense_crf(uc, image, 5).pow(2).sum().backward()
+    torch.testing.assert_close(ug.grad.cpu(), uc.grad, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_cuda_4000x3000():
+    img = np.ascontiguousarray(resize(_photo_full("coffee"), (3000, 4000), order=1, preserve_range=True).astype(np.uint8))
+    L = 21
+    u = realistic_unary(photo("coffee", 300, 400), L).unsqueeze(0)
+    u = F.interpolate(u, size=(3000, 4000), mode="bilinear", align_corners=False).cuda()
+    with torch.no_grad():
+        q = deeplabv2_ext.dense_crf(u, hwc_to_nchw(img).cuda(), 10, **DEEPLAB_V2_VOC)
+    assert q.shape == (1, L, 3000, 4000) and torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(1), torch.ones(1, 3000, 4000, device="cuda"), atol=1e-4, rtol=0)
