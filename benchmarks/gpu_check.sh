@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot check of deeplabv2_ext on a bare GPU machine (no network): build, CUDA tests, the rest
-# of the tests, compute-sanitizer (memcheck + racecheck), benchmarks + markdown summary.
+# of the tests, compute-sanitizer (memcheck + racecheck) for ASPP and DenseCRF, benchmarks +
+# markdown summary.
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh        (run from anywhere; OUT defaults to ./gpu_out)
 #
@@ -123,6 +124,10 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     run_stage racecheck 45 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck \
         --error-exitcode 1 --print-limit 30 \
         python benchmarks/sanitize_aspp.py --tiny --modes fp32,fp16
+    run_stage memcheck_crf 80 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+        --error-exitcode 1 --print-limit 30 python benchmarks/sanitize_densecrf.py
+    run_stage racecheck_crf 45 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck \
+        --error-exitcode 1 --print-limit 30 python benchmarks/sanitize_densecrf.py --tiny
 else
     run_stage memcheck 5 sh -c 'echo "compute-sanitizer not found"; exit 127'
 fi
@@ -132,9 +137,14 @@ fi
 BENCH_JSONS=()
 for shape in ${BENCH_SHAPES:-S1 S2 S3}; do
     run_stage "bench_$shape" 200 env ASPP_BENCH_DEVICE="${BENCH_DEVICE:-cuda}" ASPP_BENCH_SHAPES="$shape" \
-        pytest benchmarks -q -p no:cacheprovider --benchmark-json="$OUT/bench_gpu_$shape.json"
+        pytest benchmarks/test_bench_aspp.py -q -p no:cacheprovider \
+        --benchmark-json="$OUT/bench_gpu_$shape.json"
     BENCH_JSONS+=("$OUT/bench_gpu_$shape.json")
 done
+run_stage bench_crf 150 env CRF_BENCH_DEVICE="${BENCH_DEVICE:-cuda}" \
+    pytest benchmarks/test_bench_densecrf.py -q -p no:cacheprovider \
+    --benchmark-json="$OUT/bench_gpu_crf.json"
+BENCH_JSONS+=("$OUT/bench_gpu_crf.json")
 run_stage summarize 30 python benchmarks/summarize.py "${BENCH_JSONS[@]}" \
     --merge-json "$OUT/bench_gpu.json" -o "$OUT/bench_gpu.md"
 cat "$OUT/bench_gpu.md" 2>/dev/null || true
