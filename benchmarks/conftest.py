@@ -41,15 +41,20 @@ def _opt(config, name, env):
     return v if v is not None else os.environ.get(env)
 
 
-def bench_device(config):
-    dev = _opt(config, "--aspp-device", "ASPP_BENCH_DEVICE")
+def _device(config, name, env):
+    """The device chosen by option `name` or environment variable `env` (default: cuda if any)."""
+    dev = _opt(config, name, env)
     if dev is None:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev not in ("cpu", "cuda"):
-        raise pytest.UsageError(f"ASPP bench device must be cpu or cuda, got {dev!r}")
+        raise pytest.UsageError(f"{name} / {env} must be cpu or cuda, got {dev!r}")
     if dev == "cuda" and not torch.cuda.is_available():
-        raise pytest.UsageError("--aspp-device cuda requested but torch.cuda.is_available() is False")
+        raise pytest.UsageError(f"{name} cuda requested but torch.cuda.is_available() is False")
     return dev
+
+
+def bench_device(config):
+    return _device(config, "--aspp-device", "ASPP_BENCH_DEVICE")
 
 
 def bench_options(config):
@@ -68,8 +73,9 @@ def bench_options(config):
 
 
 def pytest_configure(config):
-    # read once; test_bench_aspp.py gets them from config (no `import conftest` needed)
+    # read once; the benchmark modules get them from config (no `import conftest` needed)
     config.aspp_bench_options = bench_options(config)
+    config.crf_bench_device = _device(config, "--crf-device", "CRF_BENCH_DEVICE")
 
 
 @pytest.fixture

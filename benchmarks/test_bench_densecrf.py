@@ -41,14 +41,8 @@ def _env_list(name):
 
 
 def crf_device(config):
-    dev = config.getoption("--crf-device", default=None) or os.environ.get("CRF_BENCH_DEVICE")
-    if dev is None:
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
-    if dev not in ("cpu", "cuda"):
-        raise pytest.UsageError(f"CRF bench device must be cpu or cuda, got {dev!r}")
-    if dev == "cuda" and not torch.cuda.is_available():
-        raise pytest.UsageError("CRF bench device cuda requested but torch.cuda.is_available() is False")
-    return dev
+    """--crf-device / CRF_BENCH_DEVICE, resolved by benchmarks/conftest.py."""
+    return config.crf_bench_device
 
 
 @dataclass(frozen=True)
