@@ -707,6 +707,48 @@ void launch_igemm(const IgemmArgs<typename Pol::T, typename Pol::Acc>& a, int BK
 #undef ASPP_IGEMM_CASE
 }
 
+// Packs the branch weights [R, K, C, 3, 3] (strides ws) tap by tap into out[t][row][col]
+// (rows_pad x cols_pad per tap, zero padded), with the centre tap t = 0 summed over the branches
+// in Acc. kOutputChannelsInner: row = input channel c, col = output channel k (the forward's layout);
+// otherwise row = k, col = c (dgrad's layout).
+template <typename T, typename Acc, bool kOutputChannelsInner>
+__global__ void aspp_pack_tap_weight_kernel(const T* __restrict__ w, Strides5 ws, int R, int K,
+                                            int C, int rows_pad, int cols_pad, int ntaps,
+                                            T* __restrict__ out) {
+  const int64_t total = static_cast<int64_t>(ntaps) * rows_pad * cols_pad;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int col = static_cast<int>(idx % cols_pad);
+    const int64_t rest = idx / cols_pad;
+    const int row = static_cast<int>(rest % rows_pad);
+    const int t = static_cast<int>(rest / rows_pad);
+    const int k = kOutputChannelsInner ? col : row;
+    const int c = kOutputChannelsInner ? row : col;
+    Acc v = Acc(0);
+    if (k < K && c < C) {
+      const int64_t kc = static_cast<int64_t>(k) * ws.s1 + static_cast<int64_t>(c) * ws.s2;
+      if (t == 0) {
+        for (int r = 0; r < R; ++r) v += to_acc(w[static_cast<int64_t>(r) * ws.s0 + kc + ws.s3 + ws.s4]);
+      } else {
+        int r, ky, kx;
+        tap_decode(t, r, ky, kx);
+        v = to_acc(w[static_cast<int64_t>(r) * ws.s0 + kc + ky * ws.s3 + kx * ws.s4]);
+      }
+    }
+    out[idx] = Cvt<T>::from(v);
+  }
+}
+
+template <typename T, typename Acc, bool kOutputChannelsInner>
+void launch_pack_tap_weight(const void* weight, const Strides5& ws, int R, int K, int C,
+                            int rows_pad, int cols_pad, int ntaps, T* out, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(ntaps) * rows_pad * cols_pad;
+  const int64_t blocks = ceil_div(total, 256) < 8192 ? ceil_div(total, 256) : 8192;
+  aspp_pack_tap_weight_kernel<T, Acc, kOutputChannelsInner>
+      <<<static_cast<unsigned>(blocks), 256, 0, stream>>>(static_cast<const T*>(weight), ws, R,
+                                                         K, C, rows_pad, cols_pad, ntaps, out);
+}
+
 // Device properties of the current device (cheap attribute queries).
 inline int current_sm_major() {
   int dev = 0, major = 0;

@@ -96,6 +96,21 @@ void copy_rates(int (&dst)[kAsppMaxRates], at::IntArrayRef rates, int H, int W) 
   }
 }
 
+// The fields every params struct shares: sizes, rates, dtype and the TF32 switch (float32 uses
+// TF32 tensor cores iff cuDNN convolutions may, like conv2d).
+template <typename Params>
+void set_problem(Params& p, const Sizes& s, at::IntArrayRef rates, AsppDType dtype) {
+  p.N = s.N;
+  p.C = s.C;
+  p.H = s.H;
+  p.W = s.W;
+  p.K = s.K;
+  p.R = s.R;
+  copy_rates(p.rates, rates, s.H, s.W);
+  p.dtype = dtype;
+  p.allow_tf32 = dtype == AsppDType::kFloat32 && at::globalContext().allowTF32CuDNN();
+}
+
 at::Tensor make_workspace(size_t bytes, const at::Tensor& like) {
   return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
@@ -125,15 +140,7 @@ at::Tensor aspp_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
   }
   p.output = output.data_ptr();
   copy_strides(p.out_stride, output);
-  p.N = s.N;
-  p.C = s.C;
-  p.H = s.H;
-  p.W = s.W;
-  p.K = s.K;
-  p.R = s.R;
-  copy_rates(p.rates, rates, s.H, s.W);
-  p.dtype = to_aspp_dtype(input.scalar_type());
-  p.allow_tf32 = p.dtype == AsppDType::kFloat32 && at::globalContext().allowTF32CuDNN();
+  set_problem(p, s, rates, to_aspp_dtype(input.scalar_type()));
 
   at::Tensor workspace = make_workspace(aspp_fwd_workspace_bytes(p), input);
   p.workspace = workspace.data_ptr();
@@ -172,7 +179,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cuda(
   if (empty) return std::make_tuple(grad_input, grad_weight, grad_bias);
 
   const AsppDType dtype = to_aspp_dtype(input.scalar_type());
-  const bool tf32 = dtype == AsppDType::kFloat32 && at::globalContext().allowTF32CuDNN();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   if (need_input) {
@@ -183,15 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cuda(
     copy_strides(p.w_stride, weight);
     p.grad_input = grad_input.data_ptr();
     copy_strides(p.gi_stride, grad_input);
-    p.N = s.N;
-    p.C = s.C;
-    p.H = s.H;
-    p.W = s.W;
-    p.K = s.K;
-    p.R = s.R;
-    copy_rates(p.rates, rates, s.H, s.W);
-    p.dtype = dtype;
-    p.allow_tf32 = tf32;
+    set_problem(p, s, rates, dtype);
     at::Tensor workspace = make_workspace(aspp_dgrad_workspace_bytes(p), input);
     p.workspace = workspace.data_ptr();
     C10_CUDA_CHECK(launch_aspp_dgrad(p, stream));
@@ -212,15 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cuda(
       p.grad_bias = grad_bias.data_ptr();
       copy_strides(p.gb_stride, grad_bias);
     }
-    p.N = s.N;
-    p.C = s.C;
-    p.H = s.H;
-    p.W = s.W;
-    p.K = s.K;
-    p.R = s.R;
-    copy_rates(p.rates, rates, s.H, s.W);
-    p.dtype = dtype;
-    p.allow_tf32 = tf32;
+    set_problem(p, s, rates, dtype);
     at::Tensor workspace = make_workspace(aspp_wgrad_workspace_bytes(p), input);
     p.workspace = workspace.data_ptr();
     C10_CUDA_CHECK(launch_aspp_wgrad(p, stream));

@@ -21,32 +21,6 @@ namespace aspp {
 namespace detail {
 namespace {
 
-template <typename T, typename Acc>
-__global__ void aspp_pack_dgrad_weight_kernel(const T* __restrict__ w, Strides5 ws, int R, int K,
-                                              int C, int Kin_pad, int Cout_pad, int ntaps,
-                                              T* __restrict__ out) {
-  const int64_t total = static_cast<int64_t>(ntaps) * Kin_pad * Cout_pad;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int c = static_cast<int>(idx % Cout_pad);
-    const int64_t rest = idx / Cout_pad;
-    const int k = static_cast<int>(rest % Kin_pad);
-    const int t = static_cast<int>(rest / Kin_pad);
-    Acc v = Acc(0);
-    if (k < K && c < C) {
-      const int64_t kc = static_cast<int64_t>(k) * ws.s1 + static_cast<int64_t>(c) * ws.s2;
-      if (t == 0) {
-        for (int r = 0; r < R; ++r) v += to_acc(w[static_cast<int64_t>(r) * ws.s0 + kc + ws.s3 + ws.s4]);
-      } else {
-        int r, ky, kx;
-        tap_decode(t, r, ky, kx);
-        v = to_acc(w[static_cast<int64_t>(r) * ws.s0 + kc + ky * ws.s3 + kx * ws.s4]);
-      }
-    }
-    out[idx] = Cvt<T>::from(v);
-  }
-}
-
 struct DgradLayout {
   int CC, BK, Kin_pad, Cout_pad, ntaps;
   size_t total;
@@ -86,13 +60,8 @@ cudaError_t run_dgrad(const AsppDgradParams& p, const DgradLayout& L, cudaStream
   using T = typename Pol::T;
   using Acc = typename Pol::Acc;
   T* wp = static_cast<T*>(p.workspace);
-  {
-    const int64_t total = static_cast<int64_t>(L.ntaps) * L.Kin_pad * L.Cout_pad;
-    const int64_t blocks = ceil_div(total, 256) < 8192 ? ceil_div(total, 256) : 8192;
-    aspp_pack_dgrad_weight_kernel<T, Acc><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-        static_cast<const T*>(p.weight), make_strides5(p.w_stride), p.R, p.K, p.C, L.Kin_pad,
-        L.Cout_pad, L.ntaps, wp);
-  }
+  launch_pack_tap_weight<T, Acc, false>(p.weight, make_strides5(p.w_stride), p.R, p.K, p.C,
+                                     L.Kin_pad, L.Cout_pad, L.ntaps, wp, stream);
 
   IgemmArgs<T, Acc> a;
   a.in = static_cast<const T*>(p.grad_output);

@@ -48,33 +48,6 @@ namespace aspp {
 namespace detail {
 namespace {
 
-// out[t][c][k] (t < ntaps, c < Cin_pad, k < Cout_pad), zero padded; centre summed over branches.
-template <typename T, typename Acc>
-__global__ void aspp_pack_fwd_weight_kernel(const T* __restrict__ w, Strides5 ws, int R, int K,
-                                            int C, int Cin_pad, int Cout_pad, int ntaps,
-                                            T* __restrict__ out) {
-  const int64_t total = static_cast<int64_t>(ntaps) * Cin_pad * Cout_pad;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int k = static_cast<int>(idx % Cout_pad);
-    const int64_t rest = idx / Cout_pad;
-    const int c = static_cast<int>(rest % Cin_pad);
-    const int t = static_cast<int>(rest / Cin_pad);
-    Acc v = Acc(0);
-    if (k < K && c < C) {
-      const int64_t kc = static_cast<int64_t>(k) * ws.s1 + static_cast<int64_t>(c) * ws.s2;
-      if (t == 0) {
-        for (int r = 0; r < R; ++r) v += to_acc(w[static_cast<int64_t>(r) * ws.s0 + kc + ws.s3 + ws.s4]);
-      } else {
-        int r, ky, kx;
-        tap_decode(t, r, ky, kx);
-        v = to_acc(w[static_cast<int64_t>(r) * ws.s0 + kc + ky * ws.s3 + kx * ws.s4]);
-      }
-    }
-    out[idx] = Cvt<T>::from(v);
-  }
-}
-
 // out[k] = sum_r bias[r, k] for k < K, 0 for K <= k < Cout_pad.
 template <typename T, typename Acc>
 __global__ void aspp_sum_bias_kernel(const T* __restrict__ b, int64_t s0, int64_t s1, int R, int K,
@@ -130,13 +103,8 @@ cudaError_t run_forward(const AsppFwdParams& p, const FwdLayout& L, cudaStream_t
   T* wp = static_cast<T*>(p.workspace);
   Acc* bias = nullptr;
 
-  {
-    const int64_t total = static_cast<int64_t>(L.ntaps) * L.Cin_pad * L.Cout_pad;
-    const int64_t blocks = ceil_div(total, 256) < 8192 ? ceil_div(total, 256) : 8192;
-    aspp_pack_fwd_weight_kernel<T, Acc><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-        static_cast<const T*>(p.weight), make_strides5(p.w_stride), p.R, p.K, p.C, L.Cin_pad,
-        L.Cout_pad, L.ntaps, wp);
-  }
+  launch_pack_tap_weight<T, Acc, true>(p.weight, make_strides5(p.w_stride), p.R, p.K, p.C,
+                                     L.Cin_pad, L.Cout_pad, L.ntaps, wp, stream);
   if (p.bias != nullptr) {
     bias = reinterpret_cast<Acc*>(static_cast<unsigned char*>(p.workspace) + L.bias_offset);
     aspp_sum_bias_kernel<T, Acc><<<static_cast<unsigned>(ceil_div(L.Cout_pad, 256)), 256, 0, stream>>>(

@@ -35,24 +35,18 @@
 
 #include "../permutohedral_math.h"
 #include "permutohedral_kernel.cuh"
+#include "permutohedral_launch.cuh"
 
 namespace deeplabv2_ext {
 namespace densecrf {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+using launch::kThreads;
 constexpr int kSplatUnroll = 4;
 
-constexpr size_t kAlign = 256;
-size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-int blocks_for(int64_t work) {
-  int64_t b = (work + kThreads - 1) / kThreads;
-  if (b < 1) b = 1;
-  if (b > kMaxBlocks) b = kMaxBlocks;
-  return static_cast<int>(b);
-}
+using launch::align_up;
+using launch::blocks_for;
+using launch::kAlign;
 
 // Round-to-nearest multiply / add that nvcc never contracts into an FMA (the CPU op's rounding).
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }

@@ -51,6 +51,7 @@
 
 #include "../permutohedral_math.h"
 #include "permutohedral_kernel.cuh"
+#include "permutohedral_launch.cuh"
 
 namespace deeplabv2_ext {
 namespace densecrf {
@@ -60,23 +61,16 @@ constexpr uint32_t kSlotEmpty = 0;
 constexpr uint32_t kSlotReady = 1;
 constexpr uint32_t kSlotWriting = 2;
 
-constexpr int kThreads = 256;
+using launch::kThreads;
 // Slot numbering: tiles of kScanTile slots, kScanItems per thread; one block of
 // kScanBlockThreads scans the tile counts.
 constexpr int kScanItems = 16;
 constexpr int64_t kScanTile = int64_t(kThreads) * kScanItems;
 constexpr int kScanBlockThreads = 1024;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride loops beyond this
 
-constexpr size_t kAlign = 256;
-size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-int blocks_for(int64_t work) {
-  int64_t b = (work + kThreads - 1) / kThreads;
-  if (b < 1) b = 1;
-  if (b > kMaxBlocks) b = kMaxBlocks;
-  return static_cast<int>(b);
-}
+using launch::align_up;
+using launch::blocks_for;
+using launch::kAlign;
 
 struct Scales {
   float v[kMaxLatticeDim];
