@@ -130,7 +130,7 @@ def test_lattice_invariants(device, N, D, P):
     check_lattice_invariants(f)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
 @given(
     N=st.integers(1, 2),
     D=st.integers(1, 16),
@@ -141,12 +141,14 @@ def test_lattice_invariants(device, N, D, P):
 def test_lattice_invariants_property(N, D, P, scale, seed):
     g = torch.Generator().manual_seed(seed)
     f = torch.randn(N, D, P, generator=g) * scale
-    # duplicated points too (same pixel colour and position appears in real images)
-    f[..., P // 2 :] = f[..., : P - P // 2]
+    # duplicated points too (same pixel colour and position appears in real images): the last
+    # `half` points copy the first `half` (disjoint ranges, also for odd P)
+    half = P // 2
+    f[..., P - half :] = f[..., :half]
     vi, vw, _ = check_lattice_invariants(f)
     # identical features -> identical simplex and weights
-    torch.testing.assert_close(vi[:, P // 2 :], vi[:, : P - P // 2], rtol=0, atol=0)
-    torch.testing.assert_close(vw[:, P // 2 :], vw[:, : P - P // 2], rtol=0, atol=0)
+    torch.testing.assert_close(vi[:, P - half :], vi[:, :half], rtol=0, atol=0)
+    torch.testing.assert_close(vw[:, P - half :], vw[:, :half], rtol=0, atol=0)
 
 
 def test_lattice_image_features_and_empty():
