@@ -59,13 +59,24 @@ def extension():
     )
 
 
+def packages() -> list[str]:
+    """The operator package and the DeepLabV2 application package (from python/deeplabv2)."""
+    application = ["deeplabv2"] + [
+        "deeplabv2." + name for name in find_packages(os.path.join(ROOT, "python", "deeplabv2"))
+    ]
+    return find_packages(include=["deeplabv2_ext", "deeplabv2_ext.*"]) + application
+
+
 setup(
     name="deeplabv2_ext",
     version="0.1.0",
-    description="Fused ASPP and GPU DenseCRF operators for DeepLabV2",
-    packages=find_packages(include=["deeplabv2_ext", "deeplabv2_ext.*"]),
+    description="Fused ASPP and GPU DenseCRF operators for DeepLabV2, and a thin DeepLabV2 on top",
+    packages=packages(),
+    package_dir={"deeplabv2": os.path.join("python", "deeplabv2")},
+    package_data={"deeplabv2": ["configs/*.yaml"]},
+    entry_points={"console_scripts": ["deeplabv2 = deeplabv2.cli:main"]},
     python_requires=">=3.10",
-    install_requires=["numpy"],
+    install_requires=["numpy", "pillow", "pyyaml", "tqdm"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
 )
