@@ -1,0 +1,33 @@
+"""The DeepLabV2 network, multi-scale inputs, checkpoint loading and input preprocessing.
+
+>>> from deeplabv2.models import build_model, preprocess
+"""
+from deeplabv2.models.deeplabv2 import (
+    MSC,
+    ConvASPP,
+    DeepLabV2,
+    build_model,
+    scaled_size,
+    upsample_logits,
+)
+from deeplabv2.models.preprocessing import STYLES, padding_rgb, preprocess
+from deeplabv2.models.resnet import BACKBONES, FrozenBatchNorm2d, ResNet
+from deeplabv2.models.weights import LoadReport, WeightsError, load_weights
+
+__all__ = [
+    "BACKBONES",
+    "MSC",
+    "STYLES",
+    "ConvASPP",
+    "DeepLabV2",
+    "FrozenBatchNorm2d",
+    "LoadReport",
+    "ResNet",
+    "WeightsError",
+    "build_model",
+    "load_weights",
+    "padding_rgb",
+    "preprocess",
+    "scaled_size",
+    "upsample_logits",
+]

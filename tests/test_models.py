@@ -1,0 +1,727 @@
+"""Tests of deeplabv2.models: the Caffe-style DeepLabV2, MSC, weight conversion, preprocessing.
+
+The weight-loading tests re-implement, in this file, the two published PyTorch DeepLabV2 ports
+(kazuto1011/deeplab-pytorch and isht7/pytorch-deeplab-resnet) with their module names, fill every
+parameter and BatchNorm statistic with random values and check that our model, loaded from their
+state dict, computes the same logits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeplabv2.config import ModelConfig
+from deeplabv2.models import (
+    BACKBONES,
+    MSC,
+    STYLES,
+    ConvASPP,
+    DeepLabV2,
+    FrozenBatchNorm2d,
+    WeightsError,
+    build_model,
+    load_weights,
+    padding_rgb,
+    preprocess,
+    scaled_size,
+    upsample_logits,
+)
+from deeplabv2_ext import ASPP
+
+RESNET101 = (3, 4, 23, 3)
+SMALL = (1, 1, 1, 1)  # with base width 16: the "small" backbone
+
+
+# --- kazuto1011/deeplab-pytorch (libs/models/resnet.py, deeplabv2.py, msc.py) --------------------
+
+class _ConvBnReLU(nn.Sequential):
+    def __init__(self, in_ch, out_ch, kernel_size, stride, padding, dilation, relu=True):
+        super().__init__()
+        self.add_module("conv", nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation,
+                                          bias=False))
+        self.add_module("bn", nn.BatchNorm2d(out_ch, eps=1e-5, momentum=1 - 0.999))
+        if relu:
+            self.add_module("relu", nn.ReLU())
+
+
+class _Bottleneck(nn.Module):
+    def __init__(self, in_ch, out_ch, stride, dilation, downsample):
+        super().__init__()
+        mid_ch = out_ch // 4
+        self.reduce = _ConvBnReLU(in_ch, mid_ch, 1, stride, 0, 1, True)
+        self.conv3x3 = _ConvBnReLU(mid_ch, mid_ch, 3, 1, dilation, dilation, True)
+        self.increase = _ConvBnReLU(mid_ch, out_ch, 1, 1, 0, 1, False)
+        self.shortcut = (_ConvBnReLU(in_ch, out_ch, 1, stride, 0, 1, False)
+                         if downsample else nn.Identity())
+
+    def forward(self, x):
+        h = self.increase(self.conv3x3(self.reduce(x)))
+        return F.relu(h + self.shortcut(x))
+
+
+class _ResLayer(nn.Sequential):
+    def __init__(self, n_layers, in_ch, out_ch, stride, dilation):
+        super().__init__()
+        for i in range(n_layers):
+            self.add_module(f"block{i + 1}", _Bottleneck(
+                in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1, dilation, i == 0))
+
+
+class _Stem(nn.Sequential):
+    def __init__(self, out_ch):
+        super().__init__()
+        self.add_module("conv1", _ConvBnReLU(3, out_ch, 7, 2, 3, 1))
+        self.add_module("pool", nn.MaxPool2d(3, 2, 1, ceil_mode=True))
+
+
+class _ASPP(nn.Module):
+    def __init__(self, in_ch, out_ch, rates):
+        super().__init__()
+        for i, rate in enumerate(rates):
+            self.add_module(f"c{i}", nn.Conv2d(in_ch, out_ch, 3, 1, padding=rate, dilation=rate,
+                                               bias=True))
+
+    def forward(self, x):
+        return sum(stage(x) for stage in self.children())
+
+
+class KazutoDeepLabV2(nn.Sequential):
+    def __init__(self, n_classes, n_blocks, atrous_rates, base=64):
+        super().__init__()
+        ch = [base * 2 ** p for p in range(6)]
+        self.add_module("layer1", _Stem(ch[0]))
+        self.add_module("layer2", _ResLayer(n_blocks[0], ch[0], ch[2], 1, 1))
+        self.add_module("layer3", _ResLayer(n_blocks[1], ch[2], ch[3], 2, 1))
+        self.add_module("layer4", _ResLayer(n_blocks[2], ch[3], ch[4], 1, 2))
+        self.add_module("layer5", _ResLayer(n_blocks[3], ch[4], ch[5], 1, 4))
+        self.add_module("aspp", _ASPP(ch[5], n_classes, atrous_rates))
+
+
+class KazutoMSC(nn.Module):
+    def __init__(self, base, scales=(0.5, 0.75)):
+        super().__init__()
+        self.base = base
+        self.scales = scales
+
+
+# --- isht7/pytorch-deeplab-resnet (deeplab_resnet.py) --------------------------------------------
+
+class IshtBottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, dilation_=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes, affine=True)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=dilation_,
+                               bias=False, dilation=dilation_)
+        self.bn2 = nn.BatchNorm2d(planes, affine=True)
+        self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4, affine=True)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        residual = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            residual = self.downsample(x)
+        return self.relu(out + residual)
+
+
+class Classifier_Module(nn.Module):
+    def __init__(self, dilation_series, padding_series, NoLabels, in_channels=2048):
+        super().__init__()
+        self.conv2d_list = nn.ModuleList(
+            nn.Conv2d(in_channels, NoLabels, kernel_size=3, stride=1, padding=padding,
+                      dilation=dilation, bias=True)
+            for dilation, padding in zip(dilation_series, padding_series, strict=True))
+
+    def forward(self, x):
+        out = self.conv2d_list[0](x)
+        for conv in self.conv2d_list[1:]:
+            out = out + conv(x)
+        return out
+
+
+class IshtResNet(nn.Module):
+    def __init__(self, block, layers, NoLabels, rates=(6, 12, 18, 24), base=64):
+        super().__init__()
+        self.inplanes = base
+        self.conv1 = nn.Conv2d(3, base, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base, affine=True)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+        self.layer1 = self._make_layer(block, base, layers[0])
+        self.layer2 = self._make_layer(block, base * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, base * 4, layers[2], stride=1, dilation__=2)
+        self.layer4 = self._make_layer(block, base * 8, layers[3], stride=1, dilation__=4)
+        self.layer5 = Classifier_Module(rates, rates, NoLabels, in_channels=base * 32)
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilation__=1):
+        downsample = None
+        if (stride != 1 or self.inplanes != planes * block.expansion or dilation__ == 2
+                or dilation__ == 4):
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, kernel_size=1, stride=stride,
+                          bias=False),
+                nn.BatchNorm2d(planes * block.expansion, affine=True))
+        layers = [block(self.inplanes, planes, stride, dilation_=dilation__,
+                        downsample=downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, dilation_=dilation__) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.layer5(x)
+
+
+class MS_Deeplab(nn.Module):
+    def __init__(self, block, NoLabels, layers=(3, 4, 23, 3), rates=(6, 12, 18, 24), base=64):
+        super().__init__()
+        self.Scale = IshtResNet(block, list(layers), NoLabels, rates, base)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _randomize(module: nn.Module) -> nn.Module:
+    """Random weights, biases and BatchNorm statistics (moderate, so deep nets stay finite)."""
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, nn.Conv2d):
+                fan_in = sub.weight[0].numel()
+                sub.weight.normal_(0.0, math.sqrt(1.0 / fan_in))
+                if sub.bias is not None:
+                    sub.bias.normal_(0.0, 0.1)
+            elif isinstance(sub, nn.BatchNorm2d):
+                sub.weight.uniform_(0.3, 1.0)
+                sub.bias.normal_(0.0, 0.1)
+                sub.running_mean.normal_(0.0, 0.1)
+                sub.running_var.uniform_(0.5, 2.0)
+                sub.num_batches_tracked.fill_(1000)
+    return module
+
+
+def _caffe_logits_size(n: int) -> int:
+    """isht7's ``outS``: stem conv, ceil-mode pool, stride-2 layer2."""
+    stem = (n - 1) // 2 + 1
+    pooled = math.ceil((stem - 1) / 2) + 1
+    return (pooled - 1) // 2 + 1
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
+    assert actual.shape == expected.shape
+    error = (actual - expected).norm() / expected.norm()
+    assert error < rtol, f"relative error {error:.3g}"
+
+
+def _model(backbone: str = "small", **kwargs) -> DeepLabV2:
+    return DeepLabV2(5, backbone=backbone, **kwargs)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These ops are small: one intra-op thread is as fast on 2 cores, and far faster when other
+    processes share the CPU (OpenMP barriers wait for descheduled threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def resnet101() -> DeepLabV2:
+    return _model("resnet101").eval()
+
+
+# --- shapes, strides, dilations ------------------------------------------------------------------
+
+@pytest.mark.parametrize("size, expected", [(321, 41), (513, 65), ((97, 130), (13, 17)),
+                                            (33, 5), (96, 13)])
+def test_small_output_stride_follows_caffe_arithmetic(size, expected):
+    height, width = (size, size) if isinstance(size, int) else size
+    model = _model().eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, height, width))
+    assert logits.shape[:2] == (1, 5)
+    assert tuple(logits.shape[2:]) == (_caffe_logits_size(height), _caffe_logits_size(width))
+    assert tuple(logits.shape[2:]) == ((expected, expected) if isinstance(expected, int)
+                                       else expected)
+    assert model.output_stride == 8
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
+def test_deep_backbones_output_size(backbone, resnet101):
+    model = resnet101 if backbone == "resnet101" else _model(backbone).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 41, 57))
+    assert logits.shape == (2, 5, _caffe_logits_size(41), _caffe_logits_size(57)) == (2, 5, 6, 8)
+    assert model.backbone.out_channels == 2048
+
+
+def test_backbone_layout_strides_and_dilations(resnet101):
+    net = resnet101.backbone
+    assert (net.conv1.kernel_size, net.conv1.stride, net.conv1.padding) == ((7, 7), (2, 2), (3, 3))
+    assert net.conv1.bias is None
+    assert (net.maxpool.kernel_size, net.maxpool.stride, net.maxpool.padding,
+            net.maxpool.ceil_mode) == (3, 2, 1, True)
+    geometry = {1: (1, 1, 64), 2: (2, 1, 128), 3: (1, 2, 256), 4: (1, 4, 512)}
+    depths = [len(getattr(net, f"layer{i}")) for i in range(1, 5)]
+    assert tuple(depths) == RESNET101
+    for index, (stride, dilation, width) in geometry.items():
+        for i, block in enumerate(getattr(net, f"layer{index}")):
+            first = i == 0
+            assert block.conv1.stride == ((stride, stride) if first else (1, 1))  # Caffe: 1x1
+            assert block.conv2.stride == (1, 1)
+            assert block.conv2.dilation == block.conv2.padding == (dilation, dilation)
+            assert block.conv2.out_channels == width and block.conv3.out_channels == 4 * width
+            assert isinstance(block.bn1, FrozenBatchNorm2d) and block.bn1.eps == 1e-5
+            assert (block.downsample is not None) == first  # layer1 too
+            if first:
+                assert block.downsample[0].stride == (stride, stride)
+
+
+def test_dilation_changes_the_function():
+    """Setting layer4's dilation to 1 changes the output: the dilated convs are really used."""
+    model = _model().eval()
+    x = torch.randn(1, 3, 97, 97)
+    with torch.no_grad():
+        dilated = model(x)
+        for block in model.backbone.layer4:
+            block.conv2.dilation = block.conv2.padding = (1, 1)
+        undilated = model(x)
+    assert not torch.allclose(dilated, undilated, rtol=1e-3, atol=1e-5)
+
+
+def test_fused_and_conv_heads_agree():
+    conv = _model(fused_aspp=False, rates=(2, 4, 8, 12)).eval()
+    fused = _model(fused_aspp=True, rates=(2, 4, 8, 12)).eval()
+    with torch.no_grad():
+        for branch in conv.aspp.convs:
+            branch.weight.normal_(0, 0.05)
+            branch.bias.normal_()
+    fused.backbone.load_state_dict(conv.backbone.state_dict())
+    fused.aspp.load_state_dict(ASPP.from_convs(conv.aspp.convs).state_dict())
+    assert isinstance(fused.aspp, ASPP) and isinstance(conv.aspp, ConvASPP)
+    x = torch.randn(2, 3, 121, 121)
+    with torch.no_grad():
+        _assert_close(fused(x), conv(x), 1e-5)
+    # load_weights converts between the two head layouts both ways.
+    report = load_weights(conv, fused.state_dict())
+    assert report.format == "deeplabv2" and report.complete
+    with torch.no_grad():
+        _assert_close(conv(x), fused(x), 1e-5)
+
+
+def test_head_parameters_live_under_aspp():
+    for fused in (True, False):
+        model = MSC(_model(fused_aspp=fused, frozen_bn=False))
+        head = {name for name, _ in model.named_parameters() if "aspp." in name}
+        expected = {f"base.aspp.{name}" for name, _ in model.base.aspp.named_parameters()}
+        assert head == expected and head
+
+
+def test_conv_aspp_init():
+    head = ConvASPP(64, 7, (6, 12))
+    assert [conv.dilation for conv in head.convs] == [(6, 6), (12, 12)]
+    weights = torch.cat([conv.weight.flatten() for conv in head.convs])
+    assert abs(weights.std().item() - 0.01) < 0.001
+    assert all(torch.all(conv.bias == 0) for conv in head.convs)
+
+
+# --- MSC -----------------------------------------------------------------------------------------
+
+def test_scaled_size_matches_caffe_interp():
+    assert scaled_size((321, 321), 0.75) == (241, 241)
+    assert scaled_size((321, 513), 0.5) == (161, 257)
+    assert scaled_size((513, 100), 0.75) == (385, 75)
+    assert scaled_size((97, 64), 1.0) == (97, 64)
+
+
+@pytest.mark.parametrize("scales", [(1.0, 0.75, 0.5), (0.5, 1.0, 1.25)])
+def test_msc_training_and_eval_outputs(scales):
+    base = _model()
+    with torch.no_grad():
+        base.aspp.bias.normal_()
+    model = MSC(base, scales).train()
+    x = torch.randn(2, 3, 73, 81)
+    with torch.no_grad():
+        outputs = model(x)
+        reference = base(x)
+        expected = []
+        for scale in scales:
+            size = (math.floor(72 * scale) + 1, math.floor(80 * scale) + 1)
+            scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            expected.append(F.interpolate(base(scaled), size=reference.shape[2:],
+                                          mode="bilinear", align_corners=False))
+        fused = torch.max(torch.stack(expected), dim=0).values
+    assert isinstance(outputs, list) and len(outputs) == len(scales) + 1
+    for output, want in zip(outputs, expected + [fused], strict=True):
+        assert output.shape == reference.shape == (2, 5, 10, 11)
+        _assert_close(output, want, 1e-6)
+    assert torch.equal(outputs[scales.index(1.0)], reference)
+    assert torch.equal(outputs[-1], torch.stack(outputs[:-1]).amax(0))
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(x)
+    assert isinstance(evaluated, torch.Tensor)
+    _assert_close(evaluated, fused, 1e-6)
+
+
+@pytest.mark.parametrize("scales", [(), (0.75, 0.5), (1.0, 1.0), (1.0, -0.5)])
+def test_msc_rejects_bad_scales(scales):
+    with pytest.raises(ValueError, match="scales"):
+        MSC(_model(), scales)
+
+
+def test_upsample_logits():
+    logits = torch.randn(1, 3, 5, 7)
+    up = upsample_logits(logits, (33, 49))
+    assert up.shape == (1, 3, 33, 49)
+    _assert_close(up, F.interpolate(logits, size=(33, 49), mode="bilinear"), 1e-7)
+
+
+# --- weights: the published layouts --------------------------------------------------------------
+
+@functools.cache
+def _reference(name: str, layers: tuple[int, ...], base: int, rates: tuple[int, ...]):
+    """(checkpoint module, its single-scale network) of a randomised float64 reference model."""
+    if name == "isht7":
+        net = _randomize(MS_Deeplab(IshtBottleneck, 5, layers, rates, base)).double().eval()
+        return net, net.Scale
+    net = _randomize(KazutoDeepLabV2(5, layers, rates, base)).double().eval()
+    return (KazutoMSC(net) if name == "kazuto1011-msc" else net), net
+
+
+def test_reference_state_dict_layouts_resnet101():
+    kazuto, _ = _reference("kazuto1011-msc", RESNET101, 64, (6, 12, 18, 24))
+    isht7, _ = _reference("isht7", RESNET101, 64, (6, 12, 18, 24))
+    kazuto_keys, isht7_keys = set(kazuto.state_dict()), set(isht7.state_dict())
+    assert {"base.layer1.conv1.conv.weight", "base.layer1.conv1.bn.running_mean",
+            "base.layer2.block1.reduce.conv.weight", "base.layer2.block1.shortcut.bn.running_var",
+            "base.layer4.block23.increase.bn.weight", "base.layer5.block3.conv3x3.conv.weight",
+            "base.aspp.c0.weight", "base.aspp.c3.bias"} <= kazuto_keys
+    assert "base.layer2.block2.shortcut.conv.weight" not in kazuto_keys
+    assert {"Scale.conv1.weight", "Scale.bn1.running_var", "Scale.layer1.0.downsample.0.weight",
+            "Scale.layer1.0.downsample.1.running_mean", "Scale.layer3.22.conv2.weight",
+            "Scale.layer4.2.bn3.bias", "Scale.layer5.conv2d_list.0.weight",
+            "Scale.layer5.conv2d_list.3.bias"} <= isht7_keys
+    # 104 convolutions, 104 BatchNorms (5 entries each), 4 head branches (2 each).
+    assert len(kazuto_keys) == len(isht7_keys) == 104 + 104 * 5 + 8
+    model = _model("resnet101")
+    for state in (kazuto.state_dict(), isht7.state_dict()):
+        report = load_weights(model, state)
+        assert report.complete and len(report.loaded) == len(model.state_dict())
+        assert len(report.ignored) == 104  # num_batches_tracked: our BN is frozen
+
+
+# (reference, its layers, its base width, rates, input size, our backbone, our head fused?).
+# ResNet-101 at 33x33 checks the full layout; "small" at 201x201 (26x26 logits) makes every
+# ASPP rate reach past the centre tap, so a misplaced head branch would show.
+REFERENCE_CASES = [
+    ("kazuto1011-msc", RESNET101, 64, (6, 12, 18, 24), 33, "resnet101", True),
+    ("isht7", RESNET101, 64, (6, 12, 18, 24), 33, "resnet101", False),
+    ("kazuto1011-msc", SMALL, 16, (6, 12, 18, 24), 201, "small", True),
+    ("kazuto1011-msc", SMALL, 16, (6, 12, 18, 24), 201, "small", False),
+    ("kazuto1011", SMALL, 16, (2, 5, 9, 13), 201, "small", True),
+    ("isht7", SMALL, 16, (6, 12, 18, 24), 201, "small", True),
+    ("isht7", SMALL, 16, (6, 12, 18, 24), 201, "small", False),
+]
+
+
+@pytest.mark.parametrize("reference, layers, base, rates, size, backbone, fused",
+                         REFERENCE_CASES)
+def test_published_checkpoints_give_the_reference_logits(reference, layers, base, rates, size,
+                                                         backbone, fused):
+    checkpoint, single_scale = _reference(reference, layers, base, rates)
+    model = _model(backbone, rates=rates, fused_aspp=fused, frozen_bn=fused).double()
+    wrapped = MSC(model) if reference == "kazuto1011-msc" else model
+    report = load_weights(wrapped, checkpoint.state_dict())
+    assert report.format == reference.removesuffix("-msc") and report.complete
+    x = torch.randn(1 if backbone == "resnet101" else 2, 3, size, size, dtype=torch.float64) * 50
+    model.eval()
+    with torch.no_grad():
+        expected = single_scale(x)
+        _assert_close(model(x), expected, 1e-9)
+    assert expected.shape[2:] == (_caffe_logits_size(size),) * 2
+
+
+def _torchvision_state_dict(layers, classes=1000):
+    """A torchvision ResNet state dict, by name and shape (torchvision.models.resnet)."""
+    state = {"conv1.weight": torch.randn(64, 3, 7, 7)}
+
+    def bn(prefix, channels):
+        state.update({f"{prefix}.weight": torch.rand(channels) + 0.5,
+                      f"{prefix}.bias": torch.randn(channels),
+                      f"{prefix}.running_mean": torch.randn(channels),
+                      f"{prefix}.running_var": torch.rand(channels) + 0.5,
+                      f"{prefix}.num_batches_tracked": torch.tensor(7)})
+
+    bn("bn1", 64)
+    inplanes = 64
+    for index, depth in enumerate(layers, start=1):
+        planes = 64 * 2 ** (index - 1)
+        for i in range(depth):
+            prefix = f"layer{index}.{i}"
+            state[f"{prefix}.conv1.weight"] = torch.randn(planes, inplanes, 1, 1)
+            bn(f"{prefix}.bn1", planes)
+            state[f"{prefix}.conv2.weight"] = torch.randn(planes, planes, 3, 3)
+            bn(f"{prefix}.bn2", planes)
+            state[f"{prefix}.conv3.weight"] = torch.randn(planes * 4, planes, 1, 1)
+            bn(f"{prefix}.bn3", planes * 4)
+            if i == 0:
+                state[f"{prefix}.downsample.0.weight"] = torch.randn(planes * 4, inplanes, 1, 1)
+                bn(f"{prefix}.downsample.1", planes * 4)
+            inplanes = planes * 4
+    state["fc.weight"] = torch.randn(classes, 2048)
+    state["fc.bias"] = torch.randn(classes)
+    return state
+
+
+def test_torchvision_checkpoint_loads_the_backbone_only(resnet101):
+    state = _torchvision_state_dict(RESNET101)
+    assert len(state) == 626 and "layer4.2.bn3.running_var" in state
+    model = MSC(_model("resnet101", frozen_bn=False))
+    head_before = {key: value.clone() for key, value in model.base.aspp.state_dict().items()}
+    report = load_weights(model, {"state_dict": state})
+    assert report.format == "torchvision" and report.complete
+    assert sorted(report.kept) == ["base.aspp.bias", "base.aspp.weight"]
+    assert sorted(report.ignored) == ["fc.bias", "fc.weight"]
+    assert len(report.loaded) == 626 - 2
+    ours = model.base.backbone.state_dict()
+    assert all(torch.equal(ours[key], value) for key, value in state.items()
+               if not key.startswith("fc."))
+    for key, value in model.base.aspp.state_dict().items():
+        assert torch.equal(value, head_before[key])
+    # Into a frozen-BN model, num_batches_tracked is ignored as well.
+    frozen = load_weights(resnet101, state)
+    assert frozen.complete and len(frozen.ignored) == 2 + 104
+
+
+# --- weights: bad checkpoints --------------------------------------------------------------------
+
+_UNPICKLED = []
+
+
+def _record_unpickling():
+    _UNPICKLED.append(True)
+    return {}
+
+
+class _Payload:
+    """Unpickling it would run _record_unpickling: weights_only must refuse it."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ())
+
+
+def test_bad_keys_are_all_listed_or_skipped():
+    source = _model()
+    with torch.no_grad():
+        for parameter in source.parameters():
+            parameter.normal_()
+    state = source.state_dict()
+    del state["backbone.layer2.0.conv1.weight"], state["backbone.bn1.running_var"]
+    state["backbone.layer9.0.conv1.weight"] = torch.zeros(1)
+    state["decoder.weight"] = torch.zeros(1)
+    state["aspp.weight"] = torch.zeros(4, 6, 512, 3, 3)
+    state["backbone.conv1.weight"] = torch.zeros(16, 3, 5, 5)
+
+    target = _model()
+    with pytest.raises(WeightsError) as error:
+        load_weights(target, state)
+    message = str(error.value)
+    for expected in ["backbone.layer2.0.conv1.weight", "backbone.bn1.running_var",
+                     "backbone.layer9.0.conv1.weight", "decoder.weight",
+                     "aspp.weight: expected (4, 5, 512, 3, 3), got (4, 6, 512, 3, 3)",
+                     "backbone.conv1.weight: expected (16, 3, 7, 7), got (16, 3, 5, 5)"]:
+        assert expected in message
+    assert "missing (2)" in message and "unexpected (2)" in message
+    assert "wrong shape (2)" in message
+
+    before = {key: value.clone() for key, value in target.state_dict().items()}
+    report = load_weights(target, state, strict=False)
+    assert sorted(report.missing) == ["backbone.bn1.running_var", "backbone.layer2.0.conv1.weight"]
+    assert sorted(report.unexpected) == ["backbone.layer9.0.conv1.weight", "decoder.weight"]
+    assert len(report.mismatched) == 2 and not report.complete
+    after = target.state_dict()
+    for key in ("backbone.layer2.0.conv1.weight", "aspp.weight", "backbone.conv1.weight"):
+        assert torch.equal(after[key], before[key])
+    assert torch.equal(after["aspp.bias"], state["aspp.bias"])
+    assert torch.equal(after["backbone.layer4.0.conv2.weight"],
+                       state["backbone.layer4.0.conv2.weight"])
+
+
+def test_published_checkpoint_with_wrong_classes_and_depth():
+    checkpoint, _ = _reference("kazuto1011-msc", (1, 1, 2, 1), 16, (6, 12, 18, 24))
+    state = {f"module.{key}": value for key, value in checkpoint.state_dict().items()}
+    with pytest.raises(WeightsError) as error:
+        load_weights(_model(rates=(6, 12, 18)), state)
+    message = str(error.value)
+    assert ("backbone.layer3.1.conv1.weight (from module.base.layer4.block2.reduce.conv.weight)"
+            in message)
+    assert "aspp.weight: expected (3, 5, 512, 3, 3), got (4, 5, 512, 3, 3)" in message
+    report = load_weights(_model(rates=(6, 12, 18), fused_aspp=False), state, strict=False)
+    assert "aspp.convs.3.weight (from module.base.aspp.c3.weight)" in report.unexpected
+    assert not report.missing and "aspp.convs.0.weight" in report.loaded
+
+
+def test_checkpoint_files_that_are_not_state_dicts(tmp_path):
+    model = _model()
+    for name, payload in [("tensor.pt", torch.zeros(3)), ("list.pt", [torch.zeros(3)]),
+                          ("mixed.pt", {"model": {"conv1.weight": torch.zeros(1), "epoch": 3}})]:
+        path = tmp_path / name
+        torch.save(payload, path)
+        with pytest.raises(WeightsError, match=re.escape(str(path))):
+            load_weights(model, path)
+    path = tmp_path / "payload.pt"
+    torch.save({"model": _Payload()}, path)
+    with pytest.raises(WeightsError, match="weights_only") as error:
+        load_weights(model, str(path))
+    assert str(path) in str(error.value) and not _UNPICKLED
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match=re.escape(str(path))):
+        load_weights(model, path)
+    with pytest.raises(WeightsError, match="unrecognised checkpoint format"):
+        load_weights(model, {"encoder.weight": torch.zeros(1)})
+
+
+# --- preprocessing -------------------------------------------------------------------------------
+
+def test_preprocess_caffe_and_torchvision():
+    rgb = torch.tensor([10, 20, 30], dtype=torch.uint8).view(3, 1, 1).expand(3, 2, 4)
+    caffe = preprocess(rgb, "caffe")
+    assert caffe.dtype == torch.float32 and caffe.shape == (3, 2, 4)
+    expected = torch.tensor([30 - 104.008, 20 - 116.669, 10 - 122.675]).view(3, 1, 1)
+    assert torch.allclose(caffe, expected.expand(3, 2, 4), atol=1e-4)
+    tv = preprocess(rgb.float().unsqueeze(0), "torchvision")
+    expected = torch.tensor([(10 / 255 - 0.485) / 0.229, (20 / 255 - 0.456) / 0.224,
+                             (30 / 255 - 0.406) / 0.225]).view(1, 3, 1, 1)
+    assert tv.shape == (1, 3, 2, 4) and torch.allclose(tv, expected.expand(1, 3, 2, 4), atol=1e-5)
+    assert torch.equal(preprocess(rgb.double(), "caffe"), caffe)
+
+
+@pytest.mark.parametrize("style, tolerance", [("caffe", 0.5), ("torchvision", 0.01)])
+def test_padding_rgb_maps_to_zero(style, tolerance):
+    colour = padding_rgb(style)
+    assert all(isinstance(value, int) and 0 <= value <= 255 for value in colour)
+    image = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)
+    assert preprocess(image, style).abs().max() < tolerance
+    assert colour == {"caffe": (123, 117, 104), "torchvision": (124, 116, 104)}[style]
+
+
+def test_preprocess_rejects_bad_input():
+    with pytest.raises(ValueError, match="caffe.*torchvision"):
+        preprocess(torch.zeros(3, 2, 2), "bgr")
+    with pytest.raises(ValueError, match="caffe.*torchvision"):
+        padding_rgb("imagenet")
+    with pytest.raises(ValueError, match="RGB"):
+        preprocess(torch.zeros(1, 4, 2, 2), "caffe")
+    assert STYLES == ("caffe", "torchvision")
+
+
+# --- frozen BN, training -------------------------------------------------------------------------
+
+def test_frozen_batchnorm_matches_batchnorm_eval_and_loads_its_state():
+    bn = _randomize(nn.Sequential(nn.BatchNorm2d(6)))[0].eval()
+    frozen = FrozenBatchNorm2d(6)
+    frozen.load_state_dict(bn.state_dict())  # num_batches_tracked is accepted and dropped
+    assert set(frozen.state_dict()) == set(bn.state_dict()) - {"num_batches_tracked"}
+    assert not list(frozen.parameters())
+    x = torch.randn(3, 6, 5, 5)
+    frozen.train()
+    _assert_close(frozen(x), bn(x), 1e-6)
+    assert frozen(x.bfloat16()).dtype == torch.bfloat16  # stays in the activations' dtype
+
+
+def test_frozen_bn_model_does_not_change_in_training():
+    model = MSC(_model(), (1.0, 0.5))
+    buffers = {key: value.clone() for key, value in model.named_buffers()}
+    x = torch.randn(2, 3, 65, 65)
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(x)
+    model.train()
+    with torch.no_grad():
+        trained = model(x)[-1]
+    assert torch.equal(evaluated, trained)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sum(output.square().mean() for output in model(x)).backward()
+    optimizer.step()
+    for key, value in model.named_buffers():
+        assert torch.equal(value, buffers[key]), key
+    assert not [name for name, _ in model.named_parameters() if ".bn" in name
+                or "downsample.1" in name]
+
+
+def test_backward_reaches_backbone_and_head():
+    model = MSC(_model(frozen_bn=False)).train()
+    x = torch.randn(2, 3, 49, 49)
+    target = torch.randint(0, 5, (2, 7, 7))
+    loss = sum(F.cross_entropy(output, target) for output in model(x))
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+# --- build_model ---------------------------------------------------------------------------------
+
+def test_build_model_variants():
+    msc = build_model(ModelConfig(backbone="small", num_classes=3, msc_scales=(1.0, 0.5)))
+    assert isinstance(msc, MSC) and msc.scales == (1.0, 0.5)
+    assert isinstance(msc.base.aspp, ASPP) and msc.base.aspp.rates == (6, 12, 18, 24)
+    assert isinstance(msc.base.backbone.bn1, FrozenBatchNorm2d)
+    for scales in ((), (1.0,)):
+        single = build_model(ModelConfig(backbone="small", msc_scales=scales, fused_aspp=False,
+                                         frozen_bn=False, rates=(2, 4, 8, 12)))
+        assert isinstance(single, DeepLabV2) and isinstance(single.aspp, ConvASPP)
+        assert isinstance(single.backbone.bn1, nn.BatchNorm2d)
+        assert single.aspp.rates == (2, 4, 8, 12) and single.num_classes == 21
+    assert BACKBONES == ("resnet101", "resnet50", "small")
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"backbone": "resnet18"}, "resnet101"),
+    ({"rates": ()}, "rates"),
+    ({"rates": (6, 0)}, "rates"),
+    ({"num_classes": 0}, "num_classes"),
+    ({"msc_scales": (0.5,)}, "1.0"),
+    ({"preprocessing": "bgr"}, "caffe"),
+])
+def test_build_model_rejects_bad_configs(changes, match):
+    config = dataclasses.replace(ModelConfig(backbone="small"), **changes)
+    with pytest.raises(ValueError, match=match):
+        build_model(config)
+
+
+def test_build_model_loads_its_own_checkpoint(tmp_path):
+    config = ModelConfig(backbone="small", num_classes=4, msc_scales=(1.0, 0.75))
+    model = build_model(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_()
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "iteration": 10}, path)
+    for scales in ((1.0, 0.75), ()):
+        loaded = build_model(ModelConfig(backbone="small", num_classes=4, msc_scales=scales,
+                                         weights=str(path)))
+        ours = loaded.state_dict()
+        for key, value in model.state_dict().items():
+            assert torch.equal(ours[key if scales else key.removeprefix("base.")], value)
+    with pytest.raises(WeightsError, match="expected"):
+        build_model(ModelConfig(backbone="small", num_classes=5, weights=str(path)))
+    partial = build_model(ModelConfig(backbone="small", num_classes=5, weights=str(path),
+                                      strict_weights=False))
+    assert torch.equal(partial.base.backbone.conv1.weight, model.base.backbone.conv1.weight)
