@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up, then run the ASPP demo/benchmark on the default device
+#   make demo   set up, then run the DeepLabV2 demo (train on synthetic shapes, mIoU with/without CRF)
 #   make test   set up, then run the test suite (the command CI runs)
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
@@ -12,7 +12,7 @@ setup:
 	$(PIP) install --no-build-isolation .
 
 demo: setup
-	$(PYTHON) python/aspp_demo.py
+	deeplabv2 demo
 
 test: setup
 	# the pytest script (not `python -m pytest`), so that the installed package is imported,

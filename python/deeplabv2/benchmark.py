@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deeplabv2.models import MSC, DeepLabV2
+from deeplabv2.train import segmentation_loss
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -88,15 +88,6 @@ def _copy_head_weights(fused: nn.Module, conv: nn.Module) -> None:
     conv.load_state_dict(state)
 
 
-def _loss(outputs, labels: torch.Tensor) -> torch.Tensor:
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    total = 0.0
-    for logits in outputs:
-        target = F.interpolate(labels[:, None].float(), size=logits.shape[-2:], mode="nearest")
-        total = total + F.cross_entropy(logits.float(), target[:, 0].long(), ignore_index=255)
-    return total
-
-
 def run_benchmark(setup: BenchmarkSetup, device: torch.device) -> list[Timing]:
     """Times both heads, training step and inference, on `device`."""
     if setup.dtype not in AUTOCAST_DTYPES:
@@ -124,7 +115,7 @@ def run_benchmark(setup: BenchmarkSetup, device: torch.device) -> list[Timing]:
             network.train()
             optimizer.zero_grad(set_to_none=True)
             with autocast():
-                loss = _loss(network(images), labels)
+                loss = segmentation_loss(network(images), labels)
             loss.backward()
             optimizer.step()
 

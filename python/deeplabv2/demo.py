@@ -43,7 +43,9 @@ def write_panel(model, dataset, config: Config, device: torch.device, path: Path
     for index in range(min(PANEL_ROWS, len(dataset))):
         sample = dataset[index]
         images = sample["image"].unsqueeze(0).to(device)
-        log_probs = predict_log_probs(model, images, config.model.preprocessing)
+        log_probs = predict_log_probs(
+            model, images, config.model.preprocessing, config.eval.scales, config.eval.flip
+        )
         refined = refine_with_crf(log_probs, images, config.crf)
         rows.append(
             [

@@ -30,7 +30,7 @@ def read_rgb(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"cannot read image {path}: {error}") from error
 
