@@ -95,7 +95,10 @@ def test_train_evaluate_predict_roundtrip(tmp_path, capsys):
                  str(scores_path), *TINY]) == 0
     report = capsys.readouterr().out
     assert "mean IoU" in report and "with DenseCRF" in report
-    scores = json.loads(scores_path.read_text())
+    def no_nan(constant):
+        raise AssertionError(f"{scores_path} is not valid JSON: {constant}")
+
+    scores = json.loads(scores_path.read_text(), parse_constant=no_nan)
     assert 0 <= scores["without_crf"]["mean_iou"] <= 1 and "with_crf" in scores
 
     image_path = tmp_path / "photo.png"

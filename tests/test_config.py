@@ -1,7 +1,7 @@
 """Config files and overrides: shipped configs load, typos and bad types are clear errors."""
 import pytest
 
-from deeplabv2.config import CONFIG_DIR, Config, ConfigError, load_config, save_config
+from deeplabv2.config import CONFIG_DIR, Config, CRFConfig, ConfigError, load_config, save_config
 
 
 @pytest.mark.parametrize("name", ["voc", "cityscapes", "demo"])
@@ -19,6 +19,10 @@ def test_voc_config_is_the_paper_setting():
     assert (config.train.momentum, config.train.weight_decay, config.train.poly_power) == (0.9, 5e-4, 0.9)
     assert config.data.crop_size == 321 and config.data.scale_range == (0.5, 1.5)
     assert load_config("cityscapes").model.num_classes == 19
+    crf = config.crf  # DeepLabV2's VOC CRF: bi_w 4, bi_xy_std 67, bi_rgb_std 3, pos_w 3, pos_xy_std 1
+    assert (crf.iterations, crf.bilateral_weight, crf.bilateral_sxy, crf.bilateral_srgb) == (10, 4, 67, 3)
+    assert (crf.gaussian_weight, crf.gaussian_sxy) == (3, 1)
+    assert CRFConfig() == crf
 
 
 def test_overrides_parse_yaml_values():

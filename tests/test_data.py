@@ -26,6 +26,7 @@ from deeplabv2.data import (
     TrainAugment,
     VOCSegmentation,
     build_datasets,
+    build_val_dataset,
     cityscapes_palette,
     colorize,
     dataset_info,
@@ -604,6 +605,19 @@ def test_build_datasets_voc_and_cityscapes(voc, cityscapes):
     train, val = build_datasets(config, PAD_RGB)
     assert isinstance(val, Cityscapes) and (len(train), len(val)) == (1, 3)
     assert train[0]["label"].shape == (12, 12) and val[0]["label"].shape == (16, 40)
+
+
+
+def test_build_val_dataset_does_not_need_the_training_split(voc, tmp_path):
+    """Evaluation reads the val split only: a VOC folder without SBD's trainaug list works."""
+    voc_root, _ = voc
+    config = DataConfig(dataset="voc", root=str(voc_root), train_split="no_such_split")
+    with pytest.raises(FileNotFoundError, match="no_such_split"):
+        build_datasets(config, PAD_RGB)
+    val = build_val_dataset(config)
+    assert isinstance(val, VOCSegmentation) and len(val) == 2 and val.transform is None
+    with pytest.raises(DatasetError, match="data.root"):
+        build_val_dataset(DataConfig(dataset="cityscapes", root=None))
 
 
 def test_build_datasets_errors(tmp_path):

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from deeplabv2.evaluate import synchronize
 from deeplabv2.models import MSC, DeepLabV2
 from deeplabv2.train import segmentation_loss
 
@@ -49,20 +50,15 @@ class Timing:
     peak_memory_mib: float | None
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(run: Callable[[], None], device: torch.device, setup: BenchmarkSetup) -> list[float]:
     for _ in range(setup.warmup):
         run()
     times = []
     for _ in range(setup.repeats):
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         run()
-        _synchronize(device)
+        synchronize(device)
         times.append(1000 * (time.perf_counter() - start))
     return times
 

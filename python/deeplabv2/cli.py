@@ -7,12 +7,17 @@ Multi-GPU / multi-node training: `torchrun --nproc_per_node=8 -m deeplabv2 train
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from deeplabv2.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from deeplabv2.metrics import SegmentationScores
 
 DEMO_TIME_LIMIT_S = 300.0
 
@@ -36,6 +41,21 @@ def _add_config_options(parser: argparse.ArgumentParser, default: str) -> None:
         "--device",
         help="cpu, cuda or cuda:N (default: the config's train.device, 'auto' = CUDA if present)",
     )
+
+
+def _quoted(value: object) -> str:
+    """A path as a YAML string scalar, so that `--weights 1e3.pt`, `on` or `a: b` stay strings."""
+    return json.dumps(str(value))
+
+
+def _scores_json(scores: SegmentationScores) -> dict:
+    """The scores as a dict with NaN (a class absent everywhere) as null, valid JSON."""
+    def plain(value: object) -> object:
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    return {key: plain(value) for key, value in dataclasses.asdict(scores).items()}
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
@@ -152,21 +172,21 @@ def _parser() -> argparse.ArgumentParser:
 def _run_train(args: argparse.Namespace) -> int:
     from deeplabv2.train import train
 
-    extra = [f"train.output_dir={args.output_dir}"] if args.output_dir else []
+    extra = [f"train.output_dir={_quoted(args.output_dir)}"] if args.output_dir else []
     result = train(_config(args, extra), resume=args.resume)
     print(f"trained to iteration {result.iteration}; weights: {result.model_path}")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from deeplabv2.data import build_datasets
+    from deeplabv2.data import build_val_dataset
     from deeplabv2.evaluate import evaluate
-    from deeplabv2.models import build_model, padding_rgb
+    from deeplabv2.models import build_model
     from deeplabv2.train import resolve_device
 
     extra = []
     if args.weights:
-        extra.append(f"model.weights={args.weights}")
+        extra.append(f"model.weights={_quoted(args.weights)}")
     if args.crf is not None:
         extra.append(f"eval.crf={str(args.crf).lower()}")
     if args.scales:
@@ -177,16 +197,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if config.model.weights is None:
         raise ConfigError("evaluate needs weights: --weights PATH (or model.weights in the config)")
     model = build_model(config.model)
-    _, val_set = build_datasets(config.data, padding_rgb(config.model.preprocessing))
+    val_set = build_val_dataset(config.data)
     result = evaluate(
         model, val_set, config.eval, config.crf, config.model.preprocessing,
         resolve_device(config.train.device), config.data.num_workers, progress=True,
     )
     print(result.report(val_set.class_names))
     if args.json:
-        scores = {"without_crf": result.scores.__dict__}
+        scores = {"without_crf": _scores_json(result.scores)}
         if result.crf_scores is not None:
-            scores["with_crf"] = result.crf_scores.__dict__
+            scores["with_crf"] = _scores_json(result.crf_scores)
         args.json.write_text(json.dumps(scores, indent=2))
     return 0
 
@@ -197,7 +217,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from deeplabv2.predict import predict_files
     from deeplabv2.train import resolve_device
 
-    config = _config(args, [f"model.weights={args.weights}"])
+    config = _config(args, [f"model.weights={_quoted(args.weights)}"])
     _, _, palette = dataset_info(config.data.dataset)
     model = build_model(config.model)
     written = predict_files(
@@ -215,7 +235,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     extra = []
     if args.output_dir:
-        extra.append(f"train.output_dir={args.output_dir}")
+        extra.append(f"train.output_dir={_quoted(args.output_dir)}")
     if args.iterations is not None:
         extra.append(f"train.iterations={args.iterations}")
     config = _config(args, extra)
@@ -229,7 +249,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
     if args.check:
         failures = []
-        if result.crf_gain <= 0:
+        if result.evaluation.crf_scores is None:
+            failures.append("eval.crf is false: there is no CRF result to check")
+        elif result.crf_gain <= 0:
             failures.append(f"the CRF did not raise mIoU ({100 * result.crf_gain:+.2f} points)")
         if result.total_seconds > DEMO_TIME_LIMIT_S:
             failures.append(f"the demo took {result.total_seconds:.0f} s > {DEMO_TIME_LIMIT_S:.0f} s")

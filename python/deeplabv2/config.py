@@ -76,19 +76,20 @@ class TrainConfig:
 
 @dataclass
 class CRFConfig:
-    """DenseCRF post-processing (deeplabv2_ext.dense_crf arguments)."""
+    """DenseCRF post-processing (deeplabv2_ext.dense_crf arguments); the defaults are DeepLabV2's
+    VOC settings (bi_w 4, bi_xy_std 67, bi_rgb_std 3, pos_w 3, pos_xy_std 1, 10 iterations)."""
 
     iterations: int = 10
     bilateral_weight: float = 4.0
     bilateral_sxy: float = 67.0
     bilateral_srgb: float = 3.0
     gaussian_weight: float = 3.0
-    gaussian_sxy: float = 3.0
+    gaussian_sxy: float = 1.0
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation: input scales (logits averaged), flipping, CRF on or off."""
+    """Evaluation: input scales and flipping (softmax probabilities averaged), CRF on or off."""
 
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
@@ -183,15 +184,15 @@ def merge(config: Config, values: dict[str, Any], source: str) -> Config:
             continue
         if not isinstance(entries, dict):
             raise ConfigError(f"{source}: section '{name}' must be a mapping")
-        types = _section_types(section)
-        unknown_keys = sorted(set(entries) - set(types))
+        field_types = _section_types(section)
+        unknown_keys = sorted(set(entries) - set(field_types))
         if unknown_keys:
             raise ConfigError(
                 f"{source}: unknown key(s) {[f'{name}.{key}' for key in unknown_keys]}; "
-                f"known: {sorted(types)}"
+                f"known: {sorted(field_types)}"
             )
         changes = {
-            key: _convert(value, types[key], f"{source}: {name}.{key}")
+            key: _convert(value, field_types[key], f"{source}: {name}.{key}")
             for key, value in entries.items()
         }
         updated[name] = dataclasses.replace(section, **changes)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from deeplabv2.config import Config
-from deeplabv2.data import build_datasets
+from deeplabv2.data import SegmentationDataset, build_val_dataset
 from deeplabv2.evaluate import EvaluationResult, evaluate, predict_log_probs, refine_with_crf
-from deeplabv2.models import build_model, load_weights, padding_rgb
+from deeplabv2.models import build_model, load_weights
 from deeplabv2.train import resolve_device, train
 from deeplabv2.visualize import colour_mask, save_panel
 
@@ -36,7 +37,10 @@ class DemoResult:
         return self.evaluation.crf_scores.mean_iou - self.evaluation.scores.mean_iou
 
 
-def write_panel(model, dataset, config: Config, device: torch.device, path: Path) -> None:
+def write_panel(
+    model: nn.Module, dataset: SegmentationDataset, config: Config, device: torch.device,
+    path: Path,
+) -> None:
     """image | ground truth | prediction | CRF-refined, for the first validation images."""
     rows = []
     palette = dataset.palette
@@ -67,7 +71,7 @@ def run_demo(config: Config) -> DemoResult:
     device = resolve_device(config.train.device)
     model = build_model(config.model)
     load_weights(model, training.model_path)
-    _, val_set = build_datasets(config.data, padding_rgb(config.model.preprocessing))
+    val_set = build_val_dataset(config.data)
     evaluation = evaluate(
         model,
         val_set,

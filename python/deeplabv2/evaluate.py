@@ -121,7 +121,8 @@ def evaluation_batches(dataset: Dataset, batch_size: int, num_workers: int = 0) 
     )
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work (CUDA); a no-op on the CPU. For timings."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -157,13 +158,13 @@ def evaluate(
         log_probs = predict_log_probs(
             model, images, preprocessing, evaluation.scales, evaluation.flip
         )
-        _synchronize(device)
+        synchronize(device)
         network_seconds += time.perf_counter() - start
         plain.update(log_probs.argmax(1), labels)
         if refined is not None:
             start = time.perf_counter()
             marginals = refine_with_crf(log_probs, images, crf)
-            _synchronize(device)
+            synchronize(device)
             crf_seconds += time.perf_counter() - start
             refined.update(marginals.argmax(1), labels)
         images_seen += images.shape[0]

@@ -7,10 +7,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
 from deeplabv2.config import Config
+from deeplabv2.data.common import read_image
 from deeplabv2.evaluate import predict_log_probs, refine_with_crf
 from deeplabv2.visualize import overlay, save_mask
 
@@ -22,17 +23,6 @@ class Prediction:
     image: Path
     mask: Path
     overlay: Path
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 [H, W, 3]; a clear error naming the file otherwise."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
 
 
 def predict_files(
@@ -50,8 +40,8 @@ def predict_files(
     model.to(device).eval()
     written = []
     for path in image_paths:
-        rgb = read_rgb(path)
-        images = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(device)
+        rgb = read_image(path)  # DatasetError / DatasetNotFoundError naming the file
+        images = torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0).to(device)
         log_probs = predict_log_probs(
             model, images, config.model.preprocessing, config.eval.scales, config.eval.flip
         )

@@ -7,6 +7,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from deeplabv2.data.palette import colorize
+
 IGNORE_COLOUR = (255, 255, 255)
 
 
@@ -20,9 +22,7 @@ def _as_uint8_label(label: np.ndarray) -> np.ndarray:
 
 def save_mask(label: np.ndarray, palette: np.ndarray, path: Path) -> None:
     """Writes class ids [H, W] as a palette ('P' mode) PNG, the format of VOC's ground truth."""
-    mask = Image.fromarray(_as_uint8_label(label), mode="P")
-    mask.putpalette(np.asarray(palette, dtype=np.uint8)[:256].reshape(-1).tolist())
-    mask.save(path)
+    colorize(label, palette).save(path)
 
 
 def colour_mask(label: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:

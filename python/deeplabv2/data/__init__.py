@@ -4,7 +4,12 @@ A sample is `{"image": uint8 [3, H, W] RGB, "label": int64 [H, W] (255 = ignore)
 index a dataset with an int, or with `(index, seed)` for reproducible augmentation.
 `build_datasets(config.data, pad_rgb)` makes a run's (train, val) pair.
 """
-from .build import build_datasets, dataset_info
+from .build import (
+    build_datasets,
+    build_train_dataset,
+    build_val_dataset,
+    dataset_info,
+)
 from .cityscapes import LABEL_ID_TO_TRAIN_ID, Cityscapes, label_ids_to_train_ids
 from .common import DatasetError, DatasetNotFoundError, SegmentationDataset
 from .palette import (
@@ -33,6 +38,8 @@ __all__ = [
     "TrainAugment",
     "VOCSegmentation",
     "build_datasets",
+    "build_train_dataset",
+    "build_val_dataset",
     "cityscapes_palette",
     "colorize",
     "dataset_info",

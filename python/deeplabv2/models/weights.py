@@ -204,9 +204,11 @@ def _read(source: str | os.PathLike | Mapping[str, Tensor]) -> tuple[object, str
         raise TypeError(f"load_weights: source must be a path or a state dict, "
                         f"got {type(source).__name__}")
     where = os.fspath(source)
+    if not os.path.isfile(where):
+        raise FileNotFoundError(f"weights file not found (or not a file): {where}")
     try:
         return torch.load(where, map_location="cpu", weights_only=True), where
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
         raise WeightsError(f"{where}: not a checkpoint torch.load(weights_only=True) can read "
                            f"(only tensors and plain containers are accepted): {error}") from error
 

@@ -82,12 +82,14 @@ def atomic_copy(source: Path, path: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The global RNG states (torch CPU, every CUDA device, numpy, `random`) as plain values."""
+    """The global RNG states (torch CPU, this process's current CUDA device if CUDA is in use,
+    numpy, `random`) as plain values. Only the current device: querying every GPU would create a
+    CUDA context on each of them in every torchrun process."""
     numpy_name, keys, position, has_gauss, cached_gauss = np.random.get_state()
     version, python_state, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
         "numpy": {
             "name": numpy_name,
             "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -100,12 +102,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores what `rng_state()` returned (CUDA states for as many devices as both have)."""
+    """Restores what `rng_state()` returned (the CUDA state into the current device)."""
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        count = min(len(state["cuda"]), torch.cuda.device_count())
-        for device in range(count):
-            torch.cuda.set_rng_state(state["cuda"][device], device)
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     numpy_state = state["numpy"]
     np.random.set_state(
         (

@@ -74,6 +74,11 @@ def resolve_device(spec: str, local_rank: int | None = None) -> torch.device:
             raise ValueError(f"train.device={spec!r} but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank or 0)
+        elif local_rank is not None and device.index != local_rank:
+            raise ValueError(
+                f"train.device={spec!r} under torchrun: every process uses cuda:LOCAL_RANK "
+                f"(here cuda:{local_rank}); set train.device to auto or cuda"
+            )
     return device
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from deeplabv2.config import Config, TrainConfig, save_config
-from deeplabv2.data import build_datasets
+from deeplabv2.data import build_train_dataset
 from deeplabv2.models import build_model, padding_rgb, preprocess
 from deeplabv2.train import distributed
 from deeplabv2.train.checkpoint import (
@@ -253,7 +253,7 @@ def _train(
 
     seed_everything(settings.seed)
     model = build_model(config.model).to(device)
-    train_set, _ = build_datasets(config.data, padding_rgb(style))
+    train_set = build_train_dataset(config.data, padding_rgb(style))
     if train_set.num_classes != config.model.num_classes:
         raise ValueError(
             f"model.num_classes={config.model.num_classes} but the training set has "
