@@ -130,19 +130,37 @@ def run_benchmark(setup: BenchmarkSetup, device: torch.device) -> list[Timing]:
     return timings
 
 
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _project_commit(directory: Path) -> str | None:
+    """HEAD of the deeplabv2_ext checkout containing `directory` (None if it is not in one)."""
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    is_project = len(top) == 2 and (Path(top[0]) / "csrc" / "aspp").is_dir()
+    return top[1] if is_project else None
+
+
 def environment(device: torch.device) -> dict[str, str | None]:
     """Device name, versions and the git commit, recorded with every result."""
-    repository = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(repository), "rev-parse", "HEAD"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    candidates = (Path.cwd(), Path(__file__).resolve().parent)
+    commit = next((found for found in map(_project_commit, candidates) if found), None)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
-        "device": name or platform.machine(),
+        "device": name,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "threads": str(torch.get_num_threads()),
