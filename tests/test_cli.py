@@ -12,6 +12,7 @@ from PIL import Image
 from deeplabv2.cli import main
 from deeplabv2.config import load_config
 from deeplabv2.models import build_model
+from test_data import voc  # noqa: F401  (the tiny VOC folder fixture)
 
 TINY = [
     "--set", "model.msc_scales=[1.0,0.5]",
@@ -153,3 +154,19 @@ def test_benchmark_times_both_heads(tmp_path, capsys):
                      for mode in ("train step", "inference")}
     assert all(len(timing["runs_ms"]) == 2 and timing["median_ms"] > 0 for timing in result["timings"])
     assert result["environment"]["torch"] == torch.__version__
+
+
+def test_voc_train_and_evaluate_on_a_tiny_voc_folder(voc, tmp_path, capsys):
+    """The shipped VOC config end to end (small backbone) on a VOC-shaped folder: trainaug
+    training, then evaluation of images of different sizes with and without the CRF."""
+    root, _ = voc
+    small = ["--set", f"data.root={root}", "--set", "model.backbone=small", "--set",
+             "model.msc_scales=[1.0,0.75]", "--set", "data.crop_size=33", "--set",
+             "data.num_workers=0", "--set", "crf.iterations=2", "--device", "cpu"]
+    run = tmp_path / "voc_run"
+    assert main(["train", "--config", "voc", "--output-dir", str(run), "--set", "train.iterations=2",
+                 "--set", "train.batch_size=2", *small]) == 0
+    assert main(["evaluate", "--config", "voc", "--weights", str(run / "model.pt"), *small]) == 0
+    report = capsys.readouterr().out
+    assert "aeroplane" in report and "with DenseCRF" in report  # voc.yaml evaluates with the CRF
+    assert "(2 images" in report  # val.txt lists two images of different sizes (batch 1)
