@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from deeplabv2.evaluate import synchronize
-from deeplabv2.models import MSC, DeepLabV2
+from deeplabv2.models import MSC, DeepLabV2, load_weights
 from deeplabv2.train import segmentation_loss
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,20 +70,6 @@ def _network(setup: BenchmarkSetup, fused: bool) -> nn.Module:
     return MSC(base, setup.msc_scales) if len(setup.msc_scales) > 1 else base
 
 
-def _copy_head_weights(fused: nn.Module, conv: nn.Module) -> None:
-    """Gives the conv-head network the fused network's weights (same function, same numbers)."""
-    state = conv.state_dict()
-    for name, value in fused.state_dict().items():
-        if "aspp." not in name:
-            state[name] = value
-    prefix = next(name for name in fused.state_dict() if name.endswith("aspp.weight"))[: -len("weight")]
-    weight, bias = fused.state_dict()[prefix + "weight"], fused.state_dict()[prefix + "bias"]
-    for branch in range(weight.shape[0]):
-        state[f"{prefix}convs.{branch}.weight"] = weight[branch]
-        state[f"{prefix}convs.{branch}.bias"] = bias[branch]
-    conv.load_state_dict(state)
-
-
 def run_benchmark(setup: BenchmarkSetup, device: torch.device) -> list[Timing]:
     """Times both heads, training step and inference, on `device`."""
     if setup.dtype not in AUTOCAST_DTYPES:
@@ -91,7 +77,7 @@ def run_benchmark(setup: BenchmarkSetup, device: torch.device) -> list[Timing]:
     torch.manual_seed(0)
     fused = _network(setup, fused=True).to(device)
     conv = _network(setup, fused=False).to(device)
-    _copy_head_weights(fused, conv)
+    load_weights(conv, fused.state_dict())  # same weights: the head converted to nn.Conv2d
     images = torch.randn(setup.batch, 3, setup.size, setup.size, device=device)
     labels = torch.randint(0, setup.num_classes, (setup.batch, setup.size, setup.size), device=device)
     autocast_dtype = AUTOCAST_DTYPES[setup.dtype]
