@@ -23,18 +23,52 @@
 //     weights, blur with [1/2 1 1/2] along the D+1 axes (0..D, or D..0 when reverse), slice
 //     times 1/(1 + 2^-D). The filter with reverse=true is the exact adjoint of the filter with
 //     reverse=false (the same lattice, the blur axes in reverse order).
+//   dense_crf_mean_field(Tensor unary, Tensor[] vertex_index, Tensor[] vertex_weight,
+//                        Tensor[] blur_neighbors, Tensor[] splat_offsets,
+//                        Tensor[] splat_entries, Tensor compatibility, Tensor? point_groups,
+//                        int iterations, str normalization) -> Tensor
+//     The whole mean-field inference of the dense CRF (no autograd; inference only):
+//     unary [N, P, L] float32 (pydensecrf's -U, point-major), one lattice per pairwise kernel
+//     (K lists of the permutohedral_lattice outputs), compatibility [K] Potts weights
+//     (energy += w_k filter_k(Q)) or [K, L, L] message matrices (energy -= C_k filter_k(Q)),
+//     normalization "symmetric" | "after" | "none" applied to every kernel as in pydensecrf.
+//     point_groups [N*P] int32 in [0, N*P) (optional, only a speed hint): the loop visits the
+//     points group by group (e.g. 64x64 pixel blocks); the result does not depend on it beyond
+//     float rounding.
+//     Returns Q [N, P, L] after `iterations` updates Q = softmax(energy) from softmax(unary).
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+#include <c10/util/string_view.h>
 
 namespace deeplabv2_ext::densecrf {
 
 // TORCH_CHECKs the features of permutohedral_lattice.
 void check_lattice_args(const at::Tensor& features);
 
-// TORCH_CHECKs the arguments of permutohedral_filter (shapes, dtypes, devices agree).
+// TORCH_CHECKs the arguments of permutohedral_filter (shapes, dtypes, devices agree); `op`
+// names the op in the messages.
 void check_filter_args(const at::Tensor& values, const at::Tensor& vertex_index,
                        const at::Tensor& vertex_weight, const at::Tensor& blur_neighbors,
-                       const at::Tensor& splat_offsets, const at::Tensor& splat_entries);
+                       const at::Tensor& splat_offsets, const at::Tensor& splat_entries,
+                       const char* op = "permutohedral_filter");
+
+// TORCH_CHECKs that the lattice's indices are in range (reads a few scalars back to the host),
+// so that a tampered lattice raises instead of reading out of bounds.
+void check_lattice_ranges(const at::Tensor& vertex_index, const at::Tensor& blur_neighbors,
+                          const at::Tensor& splat_offsets, const at::Tensor& splat_entries,
+                          const char* op);
+
+// Largest number of labels of dense_crf_mean_field (rows are padded to a multiple of 8).
+constexpr int64_t kMeanFieldMaxLabels = 256;
+
+// TORCH_CHECKs the arguments of dense_crf_mean_field.
+void check_mean_field_args(const at::Tensor& unary, at::TensorList vertex_index,
+                           at::TensorList vertex_weight, at::TensorList blur_neighbors,
+                           at::TensorList splat_offsets, at::TensorList splat_entries,
+                           const at::Tensor& compatibility,
+                           const c10::optional<at::Tensor>& point_groups, int64_t iterations,
+                           c10::string_view normalization);
 
 }  // namespace deeplabv2_ext::densecrf

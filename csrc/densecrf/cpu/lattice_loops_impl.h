@@ -1,0 +1,370 @@
+// Definitions of the loops declared in lattice_loops.h, in namespace
+// deeplabv2_ext::densecrf::cpu::DLV2_LOOPS_ISA. Included once by each ISA translation unit
+// after all of its #includes (and, for AVX2, after the target pragma), so every function here is
+// compiled for that ISA. Uses only plain loops and memcpy (no std algorithms, whose shared
+// inline instantiations would otherwise be compiled for one ISA and used by the other).
+//
+// Every value row is `lanes` floats wide (a multiple of 8) so that the inner loops are whole
+// vectors; one random access to a vertex serves all its values, which is what bounds the time.
+
+namespace deeplabv2_ext::densecrf::cpu::DLV2_LOOPS_ISA {
+
+// Largest row width of the fused mean-field loop (labels are padded up to a multiple of 8).
+constexpr int kMaxLanes = 256;
+
+// e / (D+1) for entries e < 2^31 by a multiply and a shift (Granlund & Montgomery: with
+// l = ceil(log2 q), k = 31 + l and m = ceil(2^k / q), floor(e * m / 2^k) = floor(e / q)); the
+// hardware division was half of the splat's time.
+class PointOfEntry {
+ public:
+  explicit PointOfEntry(uint32_t divisor) {
+    int log2_ceil = 0;
+    while ((uint32_t{1} << log2_ceil) < divisor) ++log2_ceil;
+    shift_ = 31 + log2_ceil;
+    multiplier_ = ((uint64_t{1} << shift_) + divisor - 1) / divisor;
+  }
+  int64_t operator()(uint32_t e) const {
+    return static_cast<int64_t>((static_cast<uint64_t>(e) * multiplier_) >> shift_);
+  }
+
+ private:
+  uint64_t multiplier_;
+  int shift_;
+};
+
+// Row width: the compile-time kLanes, or the run-time `lanes` when kLanes == 0.
+template <int kLanes>
+inline int row_width(int lanes) {
+  return kLanes > 0 ? kLanes : lanes;
+}
+
+// One blur step along `axis`: blurred[i] = values[i] + (values[n1] + values[n2]) / 2, rows
+// offset by one (row 0 is the zero row that stands for an absent neighbour).
+template <int kLanes, typename scalar_t>
+void blur_axis(const scalar_t* values, scalar_t* blurred, const int32_t* axis_neighbors,
+               int64_t num_vertices, int lanes) {
+  const int width = row_width<kLanes>(lanes);
+  at::parallel_for(0, num_vertices, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* old_value = values + (i + 1) * width;
+      const scalar_t* n1 = values + (static_cast<int64_t>(axis_neighbors[2 * i]) + 1) * width;
+      const scalar_t* n2 = values + (static_cast<int64_t>(axis_neighbors[2 * i + 1]) + 1) * width;
+      scalar_t* new_value = blurred + (i + 1) * width;
+      for (int l = 0; l < width; ++l) {
+        new_value[l] = old_value[l] + scalar_t(0.5) * (n1[l] + n2[l]);
+      }
+    }
+  });
+}
+
+// Blurs along all d+1 axes (0..d, or d..0 when reverse), ping-ponging between the two buffers;
+// returns the one holding the result.
+template <int kLanes, typename scalar_t>
+scalar_t* blur_all_axes(scalar_t* values, scalar_t* blurred, const int32_t* blur_neighbors,
+                        int64_t num_vertices, int d, bool reverse, int lanes) {
+  for (int step = 0; step <= d; ++step) {
+    const int axis = reverse ? d - step : step;
+    blur_axis<kLanes>(values, blurred, blur_neighbors + static_cast<int64_t>(axis) * num_vertices * 2,
+                      num_vertices, lanes);
+    scalar_t* t = values;
+    values = blurred;
+    blurred = t;
+  }
+  return values;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The permutohedral filter op: values [points, V] in chunks of kLanes values.
+
+template <int kLanes, typename scalar_t>
+void filter_chunk(const LatticeView& lat, const scalar_t* in, scalar_t* out, int64_t V,
+                  int64_t first, int width, bool reverse, scalar_t* values, scalar_t* blurred) {
+  const int d = lat.d;
+  const PointOfEntry point_of(static_cast<uint32_t>(d + 1));
+  at::parallel_for(0, lat.num_vertices, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      scalar_t sum[kLanes] = {};
+      for (int32_t k = lat.splat_offsets[i]; k < lat.splat_offsets[i + 1]; ++k) {
+        const auto e = static_cast<uint32_t>(lat.splat_entries[k]);
+        const auto w = static_cast<scalar_t>(lat.vertex_weight[e]);
+        const scalar_t* src = in + point_of(e) * V + first;
+        if (width == kLanes) {
+          for (int l = 0; l < kLanes; ++l) sum[l] += w * src[l];
+        } else {
+          for (int l = 0; l < width; ++l) sum[l] += w * src[l];
+        }
+      }
+      scalar_t* row = values + (i + 1) * kLanes;
+      for (int l = 0; l < kLanes; ++l) row[l] = sum[l];
+    }
+  });
+  const scalar_t* result =
+      blur_all_axes<kLanes>(values, blurred, lat.blur_neighbors, lat.num_vertices, d, reverse, 0);
+  const scalar_t alpha = static_cast<scalar_t>(slice_alpha(d));
+  at::parallel_for(0, lat.points, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      scalar_t sum[kLanes] = {};
+      for (int r = 0; r <= d; ++r) {
+        const int64_t e = p * (d + 1) + r;
+        const scalar_t w = static_cast<scalar_t>(lat.vertex_weight[e]) * alpha;
+        const scalar_t* src = result + (static_cast<int64_t>(lat.vertex_index[e]) + 1) * kLanes;
+        for (int l = 0; l < kLanes; ++l) sum[l] += w * src[l];
+      }
+      scalar_t* dst = out + p * V + first;
+      for (int l = 0; l < width; ++l) dst[l] = sum[l];
+    }
+  });
+}
+
+template <int kLanes, typename scalar_t>
+void filter_in_chunks(const LatticeView& lat, const scalar_t* in, scalar_t* out, int64_t V,
+                      bool reverse) {
+  const auto rows = static_cast<size_t>((lat.num_vertices + 1) * kLanes);
+  std::vector<scalar_t> values(rows, scalar_t(0));
+  std::vector<scalar_t> blurred(rows, scalar_t(0));
+  for (int64_t first = 0; first < V; first += kLanes) {
+    const int width = static_cast<int>(V - first < kLanes ? V - first : kLanes);
+    filter_chunk<kLanes>(lat, in, out, V, first, width, reverse, values.data(), blurred.data());
+  }
+}
+
+template <typename scalar_t>
+void filter_values(const LatticeView& lat, const scalar_t* in, scalar_t* out, int64_t V,
+                   bool reverse) {
+  if (V == 1) {
+    filter_in_chunks<1>(lat, in, out, V, reverse);
+  } else if (V <= 8) {
+    filter_in_chunks<8>(lat, in, out, V, reverse);
+  } else if (V <= 16) {
+    filter_in_chunks<16>(lat, in, out, V, reverse);
+  } else if (V <= 24) {
+    filter_in_chunks<24>(lat, in, out, V, reverse);
+  } else {
+    filter_in_chunks<32>(lat, in, out, V, reverse);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused mean-field inference. Rows are handled as vectors of 8 floats (GCC/Clang vector
+// extensions: one AVX register in the AVX2 build, two SSE registers in the baseline build), so
+// the code is vectorised whatever the compiler's loop vectoriser decides.
+
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef int32_t Vec8i __attribute__((vector_size(32)));
+constexpr int kMaxVecs = kMaxLanes / 8;
+
+#define DLV2_INLINE inline __attribute__((always_inline))
+
+DLV2_INLINE Vec8 load8(const float* p) {
+  Vec8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+DLV2_INLINE void store8(float* p, Vec8 v) { std::memcpy(p, &v, sizeof v); }
+DLV2_INLINE Vec8 splat8(float x) { return Vec8{} + x; }
+
+// Rows are read in an order the hardware prefetcher cannot guess: the loops below ask for the
+// row they will need this many items ahead.
+constexpr int kPrefetchDistance = 8;
+
+// Prefetch the cache lines of a row of `width` floats.
+DLV2_INLINE void prefetch_row(const float* row, int64_t width) {
+  for (int64_t offset = 0; offset < width; offset += 16) __builtin_prefetch(row + offset);
+  __builtin_prefetch(row + width - 1);
+}
+
+// Number of 8-float vectors in a row: compile time for kLanes > 0.
+template <int kLanes>
+DLV2_INLINE int row_vecs(int lanes) {
+  return kLanes > 0 ? kLanes / 8 : lanes / 8;
+}
+template <int kLanes>
+constexpr int kRowVecs = kLanes > 0 ? kLanes / 8 : kMaxVecs;
+
+// exp(x) for x <= 0: Cephes' expf polynomial after the reduction x = n ln2 + r, |r| <= ln2/2
+// (relative error about 2e-7); inputs below -87 are clamped (exp(-87) ~ 1.6e-38).
+DLV2_INLINE Vec8 exp_nonpositive(Vec8 x) {
+  const Vec8 lowest = splat8(-87.0f);
+  x = x < lowest ? lowest : x;
+  // Round to nearest with the 1.5 * 2^23 trick (exact for |x / ln2| < 2^22).
+  const Vec8 magic = splat8(12582912.0f);
+  const Vec8 k = (x * 1.44269504088896341f + magic) - magic;
+  const Vec8 r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  Vec8 p = splat8(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const Vec8 poly = p * r * r + r + 1.0f;
+  const Vec8i bits = (__builtin_convertvector(k, Vec8i) + 127) << 23;
+  Vec8 scale;
+  std::memcpy(&scale, &bits, sizeof scale);  // 2^k
+  return poly * scale;
+}
+
+// q = softmax(energy) over the first `labels` lanes; `mask` is 1 on those lanes and 0 beyond.
+template <int kLanes>
+DLV2_INLINE void softmax_row(Vec8 (&energy)[kRowVecs<kLanes>], const Vec8* mask, int labels,
+                             int vecs, float* q) {
+  float max_energy = energy[0][0];
+  for (int l = 1; l < labels; ++l) {
+    const float e = energy[l / 8][l % 8];
+    max_energy = e > max_energy ? e : max_energy;
+  }
+  Vec8 total{};
+  for (int v = 0; v < vecs; ++v) {
+    energy[v] = exp_nonpositive(energy[v] - max_energy) * mask[v];
+    total += energy[v];
+  }
+  float sum = 0.0f;
+  for (int j = 0; j < 8; ++j) sum += total[j];
+  const float inv_sum = 1.0f / sum;
+  for (int v = 0; v < vecs; ++v) store8(q + v * 8, energy[v] * inv_sum);
+}
+
+template <int kLanes>
+void splat_q(const MeanFieldKernel& kernel, const float* q, int lanes) {
+  const int vecs = row_vecs<kLanes>(lanes);
+  const int64_t width = vecs * 8;
+  float* rows = kernel.buffer_a;
+  at::parallel_for(0, kernel.num_vertices, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      Vec8 sum[kRowVecs<kLanes>];
+      for (int v = 0; v < vecs; ++v) sum[v] = Vec8{};
+      for (int32_t k = kernel.splat_offsets[i]; k < kernel.splat_offsets[i + 1]; ++k) {
+        if (k + kPrefetchDistance < kernel.splat_offsets[end]) {
+          prefetch_row(q + static_cast<int64_t>(kernel.splat_points[k + kPrefetchDistance]) * width,
+                       width);
+        }
+        const float w = kernel.splat_weights[k];
+        const float* src = q + static_cast<int64_t>(kernel.splat_points[k]) * width;
+        for (int v = 0; v < vecs; ++v) sum[v] += w * load8(src + v * 8);
+      }
+      float* row = rows + (i + 1) * width;
+      for (int v = 0; v < vecs; ++v) store8(row + v * 8, sum[v]);
+    }
+  });
+}
+
+template <int kLanes>
+float* blur_rows(const MeanFieldKernel& kernel, int lanes) {
+  const int vecs = row_vecs<kLanes>(lanes);
+  const int64_t width = vecs * 8;
+  float* values = kernel.buffer_a;
+  float* blurred = kernel.buffer_b;
+  for (int axis = 0; axis <= kernel.d; ++axis) {
+    const int32_t* neighbors = kernel.blur_neighbors + static_cast<int64_t>(axis) *
+                                                           kernel.num_vertices * 2;
+    at::parallel_for(0, kernel.num_vertices, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (i + kPrefetchDistance < end) {
+          const int64_t ahead = i + kPrefetchDistance;
+          prefetch_row(values + (static_cast<int64_t>(neighbors[2 * ahead]) + 1) * width, width);
+          prefetch_row(values + (static_cast<int64_t>(neighbors[2 * ahead + 1]) + 1) * width,
+                       width);
+        }
+        const float* old_value = values + (i + 1) * width;
+        const float* n1 = values + (static_cast<int64_t>(neighbors[2 * i]) + 1) * width;
+        const float* n2 = values + (static_cast<int64_t>(neighbors[2 * i + 1]) + 1) * width;
+        float* new_value = blurred + (i + 1) * width;
+        for (int v = 0; v < vecs; ++v) {
+          store8(new_value + v * 8,
+                 load8(old_value + v * 8) + 0.5f * (load8(n1 + v * 8) + load8(n2 + v * 8)));
+        }
+      }
+    });
+    float* t = values;
+    values = blurred;
+    blurred = t;
+  }
+  return values;
+}
+
+// energy of point p: unary plus every kernel's message (lanes beyond `labels` are garbage).
+template <int kLanes>
+DLV2_INLINE void point_energy(const MeanFieldArgs& args, const float* const* filtered, int64_t p,
+                              Vec8 (&energy)[kRowVecs<kLanes>]) {
+  const int vecs = row_vecs<kLanes>(args.lanes);
+  const int64_t width = vecs * 8;
+  const float* unary = args.unary + p * width;
+  for (int v = 0; v < vecs; ++v) energy[v] = load8(unary + v * 8);
+  for (int k = 0; k < args.num_kernels; ++k) {
+    const MeanFieldKernel& kernel = args.kernels[k];
+    const int entries = kernel.d + 1;
+    const int32_t* vertices = kernel.slice_vertices + p * entries;
+    const float* weights = kernel.slice_weights + p * entries;
+    Vec8 message[kRowVecs<kLanes>];
+    for (int v = 0; v < vecs; ++v) message[v] = Vec8{};
+    for (int r = 0; r < entries; ++r) {
+      const float w = weights[r];
+      const float* src = filtered[k] + (static_cast<int64_t>(vertices[r]) + 1) * width;
+      for (int v = 0; v < vecs; ++v) message[v] += w * load8(src + v * 8);
+    }
+    if (kernel.compatibility == nullptr) {  // Potts: the weight is folded into the slice weights
+      for (int v = 0; v < vecs; ++v) energy[v] += message[v];
+    } else {
+      for (int l = 0; l < args.labels; ++l) {
+        const float* c = kernel.compatibility + static_cast<int64_t>(l) * args.labels;
+        float dot = 0.0f;
+        for (int m = 0; m < args.labels; ++m) dot += c[m] * message[m / 8][m % 8];
+        energy[l / 8][l % 8] -= dot;
+      }
+    }
+  }
+}
+
+// Prefetch the vertex rows that point p's slices will read.
+DLV2_INLINE void prefetch_slice(const MeanFieldArgs& args, const float* const* filtered,
+                                int64_t p) {
+  for (int k = 0; k < args.num_kernels; ++k) {
+    const MeanFieldKernel& kernel = args.kernels[k];
+    const int32_t* vertices = kernel.slice_vertices + p * (kernel.d + 1);
+    for (int r = 0; r <= kernel.d; ++r) {
+      prefetch_row(filtered[k] + (static_cast<int64_t>(vertices[r]) + 1) * args.lanes,
+                   args.lanes);
+    }
+  }
+}
+
+template <int kLanes>
+void mean_field_lanes_fixed(const MeanFieldArgs& args) {
+  const int vecs = row_vecs<kLanes>(args.lanes);
+  Vec8 mask[kRowVecs<kLanes>];
+  for (int l = 0; l < vecs * 8; ++l) mask[l / 8][l % 8] = l < args.labels ? 1.0f : 0.0f;
+  at::parallel_for(0, args.points, 256, [&](int64_t begin, int64_t end) {
+    Vec8 energy[kRowVecs<kLanes>];
+    for (int64_t p = begin; p < end; ++p) {
+      const float* unary = args.unary + p * args.lanes;
+      for (int v = 0; v < vecs; ++v) energy[v] = load8(unary + v * 8);
+      softmax_row<kLanes>(energy, mask, args.labels, vecs, args.q + p * args.lanes);
+    }
+  });
+  std::vector<const float*> filtered(static_cast<size_t>(args.num_kernels));
+  for (int it = 0; it < args.iterations; ++it) {
+    for (int k = 0; k < args.num_kernels; ++k) {
+      splat_q<kLanes>(args.kernels[k], args.q, args.lanes);
+      filtered[k] = blur_rows<kLanes>(args.kernels[k], args.lanes);
+    }
+    at::parallel_for(0, args.points, 256, [&](int64_t begin, int64_t end) {
+      Vec8 energy[kRowVecs<kLanes>];
+      for (int64_t p = begin; p < end; ++p) {
+        if (p + kPrefetchDistance < end) prefetch_slice(args, filtered.data(), p + kPrefetchDistance);
+        point_energy<kLanes>(args, filtered.data(), p, energy);
+        softmax_row<kLanes>(energy, mask, args.labels, vecs, args.q + p * args.lanes);
+      }
+    });
+  }
+}
+
+inline void mean_field_loop(const MeanFieldArgs& args) {
+  switch (args.lanes) {
+    case 8: return mean_field_lanes_fixed<8>(args);
+    case 16: return mean_field_lanes_fixed<16>(args);
+    case 24: return mean_field_lanes_fixed<24>(args);
+    case 32: return mean_field_lanes_fixed<32>(args);
+    default: return mean_field_lanes_fixed<0>(args);
+  }
+}
+
+}  // namespace deeplabv2_ext::densecrf::cpu::DLV2_LOOPS_ISA

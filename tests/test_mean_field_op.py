@@ -1,0 +1,209 @@
+"""Tests of the fused CPU mean-field op ``deeplabv2_ext::dense_crf_mean_field``.
+
+``dense_crf`` runs it for float32 CPU inputs when no gradient is needed; otherwise it runs the
+differentiable loop of torch ops around ``permutohedral_filter``. The agreement of the fused op
+with pydensecrf is tested in test_densecrf.py (every no-grad CPU case goes through it); here it is
+compared with the differentiable loop, across its two CPU builds (baseline and AVX2), with and
+without the point-group hint, and its argument checks and schema are tested.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import deeplabv2_ext
+from deeplabv2_ext import densecrf as crf
+
+skimage_data = pytest.importorskip("skimage.data")
+ops = torch.ops.deeplabv2_ext
+
+
+def photo_batch(batch, height, width):
+    """[N, 3, H, W] uint8 crops of skimage's astronaut, one offset per image."""
+    full = torch.from_numpy(np.ascontiguousarray(skimage_data.astronaut())).permute(2, 0, 1)
+    return torch.stack([full[:, 40 * n : 40 * n + height, 60 * n : 60 * n + width]
+                        for n in range(batch)]).contiguous()
+
+
+def smooth_unary(batch, labels, height, width, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(batch, labels, max(1, height // 6), max(1, width // 6), generator=g) * 3
+    fine = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")
+    return torch.log_softmax(fine + 0.3 * torch.randn(fine.shape, generator=g), 1)
+
+
+def differentiable_path(unary, image, iterations, **params):
+    """dense_crf through the autograd loop (a unary that requires grad forces it)."""
+    return deeplabv2_ext.dense_crf(unary.clone().requires_grad_(), image, iterations,
+                                   **params).detach()
+
+
+def fused_path(unary, image, iterations, **params):
+    with torch.no_grad():
+        return deeplabv2_ext.dense_crf(unary, image, iterations, **params)
+
+
+@pytest.mark.parametrize("labels", [1, 3, 21, 33, 40])
+@pytest.mark.parametrize("normalization", ["symmetric", "after", "none"])
+def test_fused_matches_differentiable_path(labels, normalization):
+    image = photo_batch(2, 37, 45)
+    unary = smooth_unary(2, labels, 37, 45)
+    params = dict(normalization=normalization)
+    if normalization == "none":
+        params.update(bilateral_weight=0.05, gaussian_weight=0.03)
+    fused = fused_path(unary, image, 5, **params)
+    reference = differentiable_path(unary, image, 5, **params)
+    torch.testing.assert_close(fused, reference, rtol=0, atol=2e-5)
+    torch.testing.assert_close(fused.sum(1), torch.ones(2, 37, 45), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("compatibility", ["vector", "matrix"])
+@pytest.mark.parametrize("kernels", ["both", "gaussian", "bilateral", "none"])
+def test_fused_matches_differentiable_path_compatibility(compatibility, kernels):
+    labels = 6
+    g = torch.Generator().manual_seed(1)
+    if compatibility == "vector":
+        compat = -(1 + torch.rand(labels, generator=g))
+    else:
+        compat = 0.3 * torch.randn(labels, labels, generator=g) - torch.eye(labels)
+    weights = dict(both=(4.0, 3.0), gaussian=(0.0, 3.0), bilateral=(4.0, 0.0), none=(0.0, 0.0))
+    bilateral_weight, gaussian_weight = weights[kernels]
+    image = photo_batch(1, 50, 41)
+    unary = smooth_unary(1, labels, 50, 41, seed=2)
+    params = dict(compatibility=compat, bilateral_weight=bilateral_weight,
+                  gaussian_weight=gaussian_weight)
+    torch.testing.assert_close(fused_path(unary, image, 4, **params),
+                               differentiable_path(unary, image, 4, **params), rtol=0, atol=2e-5)
+
+
+def _op_args(unary_nchw, image, groups=None):
+    batch, labels, height, width = unary_nchw.shape
+    lattices = [crf.build_lattice(crf.gaussian_features(batch, height, width, 3.0, image.device)),
+                crf.build_lattice(crf.bilateral_features(image, 67.0, 3.0))]
+    unary = unary_nchw.reshape(batch, labels, -1).transpose(1, 2).contiguous()
+    lists = [list(field) for field in zip(*lattices)]
+    return (unary, *lists, torch.tensor([3.0, 4.0]), groups, 5, "symmetric")
+
+
+def test_point_groups_only_change_rounding():
+    image = photo_batch(2, 40, 52)
+    unary = smooth_unary(2, 7, 40, 52)
+    ungrouped = ops.dense_crf_mean_field(*_op_args(unary, image))
+    tiles = crf.pixel_tiles(2, 40, 52, image.device, tile=16)
+    random_groups = torch.randint(0, 50, (2 * 40 * 52,), dtype=torch.int32,
+                                  generator=torch.Generator().manual_seed(0))
+    for groups in (tiles, random_groups):
+        grouped = ops.dense_crf_mean_field(*_op_args(unary, image, groups))
+        torch.testing.assert_close(grouped, ungrouped, rtol=0, atol=1e-5)
+
+
+def test_baseline_build_matches_avx2_build():
+    """DEEPLABV2_EXT_CPU_ISA=default selects the baseline (SSE2) loops in a fresh process; the
+    numbers must agree with this process's loops (AVX2+FMA on CPUs that have them)."""
+    script = (
+        "import sys, torch, deeplabv2_ext\n"
+        "unary, image = torch.load(sys.argv[1])\n"
+        "with torch.no_grad():\n"
+        "    q = deeplabv2_ext.dense_crf(unary, image, 5)\n"
+        "f = deeplabv2_ext.permutohedral_filter(unary.exp(), image.float() / 10.0)\n"
+        "torch.save((q, f), sys.argv[2])\n")
+    image = photo_batch(1, 45, 38)
+    unary = smooth_unary(1, 21, 45, 38)
+    with torch.no_grad():
+        here = deeplabv2_ext.dense_crf(unary, image, 5)
+    filtered_here = deeplabv2_ext.permutohedral_filter(unary.exp(), image.float() / 10.0)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
+        torch.save((unary, image), inputs)
+        env = dict(os.environ, DEEPLABV2_EXT_CPU_ISA="default")
+        subprocess.run([sys.executable, "-c", script, inputs, outputs], check=True, env=env,
+                       cwd=tmp)
+        baseline, filtered_baseline = torch.load(outputs)
+    torch.testing.assert_close(baseline, here, rtol=0, atol=1e-5)
+    torch.testing.assert_close(filtered_baseline, filtered_here, rtol=1e-5, atol=1e-4)
+
+
+def test_lattice_does_not_depend_on_thread_count():
+    """Vertices are numbered in key order, not insertion order: the same tensors for any
+    number of threads."""
+    features = crf.bilateral_features(photo_batch(3, 30, 35), 20.0, 8.0)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = crf.build_lattice(features)
+        torch.set_num_threads(2)
+        double = crf.build_lattice(features)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(single, double):
+        assert torch.equal(a, b)
+
+
+def test_blur_neighbours_are_inverse_pairs():
+    lattice = crf.build_lattice(crf.bilateral_features(photo_batch(2, 25, 30), 10.0, 6.0))
+    neighbours = lattice.blur_neighbors.long()  # [D+1, M, 2]
+    vertices = torch.arange(neighbours.shape[1])
+    for axis in range(neighbours.shape[0]):
+        plus = neighbours[axis, :, 1]
+        present = plus >= 0
+        assert torch.equal(neighbours[axis, plus[present], 0], vertices[present])
+
+
+def test_opcheck_mean_field():
+    image = photo_batch(1, 6, 5)
+    unary = smooth_unary(1, 4, 6, 5)
+    args = _op_args(unary, image)
+    torch.library.opcheck(ops.dense_crf_mean_field, args)
+    matrix_args = list(args)
+    matrix_args[6] = torch.randn(2, 4, 4)
+    torch.library.opcheck(ops.dense_crf_mean_field, tuple(matrix_args))
+
+
+def _bad(args, index, value):
+    args = list(args)
+    args[index] = value
+    return tuple(args)
+
+
+def test_mean_field_op_bad_inputs():
+    image = photo_batch(1, 8, 9)
+    unary = smooth_unary(1, 3, 8, 9)
+    args = _op_args(unary, image)
+    cases = [
+        (_bad(args, 0, args[0].double()), TypeError, "float32"),
+        (_bad(args, 0, args[0][..., :0]), ValueError, "labels"),
+        (_bad(args, 0, torch.zeros(1, 72, 300)), ValueError, "labels"),
+        (_bad(args, 0, args[0][:, :10]), ValueError, "does not match"),
+        (_bad(args, 1, args[1][:1]), ValueError, "one entry per kernel"),
+        (_bad(args, 6, torch.tensor([1.0, 2.0, 3.0])), ValueError, "compatibility"),
+        (_bad(args, 6, torch.zeros(2, 3, 4)), ValueError, "compatibility"),
+        (_bad(args, 7, torch.zeros(5, dtype=torch.int32)), ValueError, "point_groups"),
+        (_bad(args, 7, torch.zeros(72, dtype=torch.int64)), TypeError, "point_groups"),
+        (_bad(args, 7, torch.full((72,), 99, dtype=torch.int32)), ValueError, "point_groups"),
+        (_bad(args, 8, -1), ValueError, "iterations"),
+        (_bad(args, 9, "before"), ValueError, "normalization"),
+    ]
+    tampered_index = [t.clone() for t in args[1]]
+    tampered_index[1][0, 0, 0] = 10**6
+    cases.append((_bad(args, 1, tampered_index), ValueError, "out of range"))
+    tampered_neighbours = [t.clone() for t in args[3]]
+    tampered_neighbours[0][0, 0, 0] = -5
+    cases.append((_bad(args, 3, tampered_neighbours), ValueError, "out of range"))
+    for bad_args, error, message in cases:
+        with pytest.raises(error, match=message):
+            ops.dense_crf_mean_field(*bad_args)
+
+
+def test_empty_batch_and_zero_iterations():
+    image = photo_batch(1, 8, 9)
+    unary = smooth_unary(1, 3, 8, 9)
+    q0 = ops.dense_crf_mean_field(*_bad(_op_args(unary, image), 8, 0))
+    torch.testing.assert_close(q0, torch.softmax(_op_args(unary, image)[0], -1), rtol=0,
+                               atol=1e-6)
+    with torch.no_grad():
+        empty = deeplabv2_ext.dense_crf(unary[:0], image[:0], 5)
+    assert empty.shape == (0, 3, 8, 9)
