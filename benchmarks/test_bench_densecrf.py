@@ -17,6 +17,8 @@ defines it):
                           CRF_BENCH_BATCHES   e.g. "1,8" (default)
                           CRF_BENCH_ROUNDS    timed rounds (default: 2 on CPU, 10 on CUDA)
                           CRF_BENCH_NO_PYDENSECRF=1  skip the baseline (e.g. at 4000x3000)
+                          CRF_BENCH_THREADS   torch threads for ours (default: torch's);
+                                              1 gives the single-threaded comparison
 
 Run:  CRF_BENCH_DEVICE=cpu pytest benchmarks/test_bench_densecrf.py [--benchmark-json=out.json]
 """
@@ -123,6 +125,9 @@ def _pydensecrf_run(dcrf, imgs, unary_np):
 
 def test_densecrf(benchmark, crf_spec, record_result, request):
     spec = crf_spec
+    threads = int(os.environ.get("CRF_BENCH_THREADS", 0))
+    if threads:
+        torch.set_num_threads(threads)
     dev = spec.device
     imgs, image, unary = _inputs(spec.size, spec.batch)
     peak_mb = None
