@@ -6,6 +6,12 @@ images of the batch at once) and reused by every iteration and by the backward p
 numbers follow Krähenbühl's v2 code that pydensecrf wraps: same lattice, normalisations,
 compatibility signs and update ``Q = softmax(unary - sum_k C_k · K_k(Q))``.
 
+Inference (float32 on the CPU, no gradient needed) runs the whole loop in one op,
+``torch.ops.deeplabv2_ext.dense_crf_mean_field`` (csrc/densecrf/cpu/mean_field_kernel.cpp): it
+keeps, per kernel, a splat and a slice plan (16·(D+1) bytes per pixel) and two vertex buffers
+(2·M·L' floats, L' = L rounded up to a multiple of 8), plus unary and Q (2·P·L' floats): about
+190 MB for one 512×512 image with L = 21.
+
 Gradients: the mean-field loop is written with differentiable torch ops around the filter op,
 whose backward is its exact adjoint (the same lattice, blur axes in reverse order). Autograd
 stores, per iteration, Q and, per kernel, the filter input and output: about
