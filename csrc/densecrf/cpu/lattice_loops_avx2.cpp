@@ -27,19 +27,6 @@
 #define DLV2_LOOPS_ISA isa_avx2
 #include "lattice_loops_impl.h"
 
-namespace deeplabv2_ext::densecrf::cpu::isa_avx2 {
-
-void filter_f32(const LatticeView& lattice, const float* in, float* out, int64_t V, bool reverse) {
-  filter_values(lattice, in, out, V, reverse);
-}
-void filter_f64(const LatticeView& lattice, const double* in, double* out, int64_t V,
-                bool reverse) {
-  filter_values(lattice, in, out, V, reverse);
-}
-void mean_field(const MeanFieldArgs& args) { mean_field_loop(args); }
-
-}  // namespace deeplabv2_ext::densecrf::cpu::isa_avx2
-
 #if defined(DLV2_LOOPS_AVX2_PRAGMA_CLANG)
 #pragma clang attribute pop
 #elif defined(DLV2_LOOPS_AVX2_PRAGMA_GCC)

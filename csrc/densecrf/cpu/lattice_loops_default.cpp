@@ -15,15 +15,3 @@
 #define DLV2_LOOPS_ISA isa_default
 #include "lattice_loops_impl.h"
 
-namespace deeplabv2_ext::densecrf::cpu::isa_default {
-
-void filter_f32(const LatticeView& lattice, const float* in, float* out, int64_t V, bool reverse) {
-  filter_values(lattice, in, out, V, reverse);
-}
-void filter_f64(const LatticeView& lattice, const double* in, double* out, int64_t V,
-                bool reverse) {
-  filter_values(lattice, in, out, V, reverse);
-}
-void mean_field(const MeanFieldArgs& args) { mean_field_loop(args); }
-
-}  // namespace deeplabv2_ext::densecrf::cpu::isa_default

@@ -367,4 +367,14 @@ inline void mean_field_loop(const MeanFieldArgs& args) {
   }
 }
 
+// The entry points of this ISA's build, called by lattice_loops_dispatch.cpp.
+void filter_f32(const LatticeView& lattice, const float* in, float* out, int64_t V, bool reverse) {
+  filter_values(lattice, in, out, V, reverse);
+}
+void filter_f64(const LatticeView& lattice, const double* in, double* out, int64_t V,
+                bool reverse) {
+  filter_values(lattice, in, out, V, reverse);
+}
+void mean_field(const MeanFieldArgs& args) { mean_field_loop(args); }
+
 }  // namespace deeplabv2_ext::densecrf::cpu::DLV2_LOOPS_ISA
