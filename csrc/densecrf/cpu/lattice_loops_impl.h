@@ -32,18 +32,12 @@ class PointOfEntry {
   int shift_;
 };
 
-// Row width: the compile-time kLanes, or the run-time `lanes` when kLanes == 0.
-template <int kLanes>
-inline int row_width(int lanes) {
-  return kLanes > 0 ? kLanes : lanes;
-}
-
-// One blur step along `axis`: blurred[i] = values[i] + (values[n1] + values[n2]) / 2, rows
-// offset by one (row 0 is the zero row that stands for an absent neighbour).
+// One blur step along `axis`: blurred[i] = values[i] + (values[n1] + values[n2]) / 2, rows of
+// kLanes values offset by one (row 0 is the zero row that stands for an absent neighbour).
 template <int kLanes, typename scalar_t>
 void blur_axis(const scalar_t* values, scalar_t* blurred, const int32_t* axis_neighbors,
-               int64_t num_vertices, int lanes) {
-  const int width = row_width<kLanes>(lanes);
+               int64_t num_vertices) {
+  constexpr int width = kLanes;
   at::parallel_for(0, num_vertices, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* old_value = values + (i + 1) * width;
@@ -61,11 +55,11 @@ void blur_axis(const scalar_t* values, scalar_t* blurred, const int32_t* axis_ne
 // returns the one holding the result.
 template <int kLanes, typename scalar_t>
 scalar_t* blur_all_axes(scalar_t* values, scalar_t* blurred, const int32_t* blur_neighbors,
-                        int64_t num_vertices, int d, bool reverse, int lanes) {
+                        int64_t num_vertices, int d, bool reverse) {
   for (int step = 0; step <= d; ++step) {
     const int axis = reverse ? d - step : step;
     blur_axis<kLanes>(values, blurred, blur_neighbors + static_cast<int64_t>(axis) * num_vertices * 2,
-                      num_vertices, lanes);
+                      num_vertices);
     scalar_t* t = values;
     values = blurred;
     blurred = t;
@@ -99,7 +93,7 @@ void filter_chunk(const LatticeView& lat, const scalar_t* in, scalar_t* out, int
     }
   });
   const scalar_t* result =
-      blur_all_axes<kLanes>(values, blurred, lat.blur_neighbors, lat.num_vertices, d, reverse, 0);
+      blur_all_axes<kLanes>(values, blurred, lat.blur_neighbors, lat.num_vertices, d, reverse);
   const scalar_t alpha = static_cast<scalar_t>(slice_alpha(d));
   at::parallel_for(0, lat.points, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
