@@ -307,10 +307,7 @@ def dense_crf(
                     {"bilateral_sxy": bilateral_sxy, "bilateral_srgb": bilateral_srgb,
                      "gaussian_sxy": gaussian_sxy}, normalization)
     batch, labels, height, width = unary.shape
-    dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
-    # Point-major [N, P, L] (contiguous), the layout of the filter op, for the whole loop.
     points = height * width
-    unary_points = unary.to(dtype).reshape(batch, labels, points).transpose(1, 2).contiguous()
     kernels = [
         (gaussian_weight, lambda: gaussian_features(batch, height, width, gaussian_sxy,
                                                     unary.device)),
@@ -319,23 +316,27 @@ def dense_crf(
     kernels = [(weight, features) for weight, features in kernels
                if _as_float(weight) != 0.0 or _requires_grad(weight)]
     if _use_fused_mean_field(unary, compatibility, [weight for weight, _ in kernels]):
-        Q = _fused_mean_field(unary_points, [build_lattice(features()) for _, features in kernels],
+        Q = _fused_mean_field(unary.to(torch.float32).reshape(batch, labels, points),
+                              [build_lattice(features()) for _, features in kernels],
                               [_as_float(weight) for weight, _ in kernels], compatibility,
                               iterations, normalization,
                               pixel_tiles(batch, height, width, unary.device))
-    else:
-        terms = []
-        for weight, features in kernels:
-            if compatibility is None and not _requires_grad(weight):
-                term_compatibility = _as_float(weight)  # Potts
-            elif compatibility is None:
-                term_compatibility = -weight * torch.eye(labels, device=unary.device, dtype=dtype)
-            else:
-                term_compatibility = weight * compatibility_matrix(
-                    compatibility.to(unary.device, dtype), labels, unary.device, dtype)
-            terms.append(PairwiseTerm.from_features(features(), term_compatibility,
-                                                    normalization, labels, dtype))
-        Q = _mean_field_points(unary_points, terms, iterations)
+        return Q.reshape(batch, labels, height, width)
+    dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
+    # Point-major [N, P, L] (contiguous), the layout of the filter op, for the whole loop.
+    unary_points = unary.to(dtype).reshape(batch, labels, points).transpose(1, 2).contiguous()
+    terms = []
+    for weight, features in kernels:
+        if compatibility is None and not _requires_grad(weight):
+            term_compatibility = _as_float(weight)  # Potts
+        elif compatibility is None:
+            term_compatibility = -weight * torch.eye(labels, device=unary.device, dtype=dtype)
+        else:
+            term_compatibility = weight * compatibility_matrix(
+                compatibility.to(unary.device, dtype), labels, unary.device, dtype)
+        terms.append(PairwiseTerm.from_features(features(), term_compatibility, normalization,
+                                                labels, dtype))
+    Q = _mean_field_points(unary_points, terms, iterations)
     return Q.transpose(1, 2).reshape(batch, labels, height, width).contiguous()
 
 
@@ -354,22 +355,23 @@ def _use_fused_mean_field(unary: Tensor, compatibility: Tensor | None,
             and unary.shape[1] <= _MEAN_FIELD_MAX_LABELS)
 
 
-def _fused_mean_field(unary_points: Tensor, lattices: Sequence[PermutohedralLattice],
+def _fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
                       weights: Sequence[float], compatibility: Tensor | None, iterations: int,
                       normalization: str, point_groups: Tensor | None = None) -> Tensor:
-    """The mean-field loop in one op: Potts weights [K], or [K, L, L] message matrices."""
-    labels = unary_points.shape[2]
+    """The mean-field loop in one op on label-major ``unary`` [N, L, P] float32 -> Q [N, L, P]:
+    Potts weights [K], or [K, L, L] message matrices."""
+    labels = unary.shape[1]
     if compatibility is None:
         kernel_compatibility = torch.tensor(weights, dtype=torch.float32)
     else:
-        matrix = compatibility_matrix(compatibility.detach().to(unary_points.device, torch.float32),
-                                      labels, unary_points.device, torch.float32)
+        matrix = compatibility_matrix(compatibility.detach().to(unary.device, torch.float32),
+                                      labels, unary.device, torch.float32)
         kernel_compatibility = torch.stack([weight * matrix for weight in weights]) if weights \
             else matrix.new_empty((0, labels, labels))
     lattice_lists = [list(field) for field in zip(*lattices)] if lattices else [[]] * 5
     return torch.ops.deeplabv2_ext.dense_crf_mean_field(
-        unary_points, *lattice_lists, kernel_compatibility.to(unary_points.device), point_groups,
-        iterations, normalization)
+        unary, *lattice_lists, kernel_compatibility.to(unary.device), point_groups, iterations,
+        normalization)
 
 
 @torch.library.register_fake("deeplabv2_ext::dense_crf_mean_field")

@@ -83,7 +83,7 @@ def _op_args(unary_nchw, image, groups=None):
     batch, labels, height, width = unary_nchw.shape
     lattices = [crf.build_lattice(crf.gaussian_features(batch, height, width, 3.0, image.device)),
                 crf.build_lattice(crf.bilateral_features(image, 67.0, 3.0))]
-    unary = unary_nchw.reshape(batch, labels, -1).transpose(1, 2).contiguous()
+    unary = unary_nchw.reshape(batch, labels, -1)  # label-major [N, L, P]
     lists = [list(field) for field in zip(*lattices)]
     return (unary, *lists, torch.tensor([3.0, 4.0]), groups, 5, "symmetric")
 
@@ -175,9 +175,10 @@ def test_mean_field_op_bad_inputs():
     args = _op_args(unary, image)
     cases = [
         (_bad(args, 0, args[0].double()), TypeError, "float32"),
-        (_bad(args, 0, args[0][..., :0]), ValueError, "labels"),
-        (_bad(args, 0, torch.zeros(1, 72, 300)), ValueError, "labels"),
-        (_bad(args, 0, args[0][:, :10]), ValueError, "does not match"),
+        (_bad(args, 0, args[0][:, :0]), ValueError, "labels"),
+        (_bad(args, 0, torch.zeros(1, 300, 72)), ValueError, "labels"),
+        (_bad(args, 0, args[0][..., :10]), ValueError, "does not match"),
+        (_bad(args, 0, args[0][0]), ValueError, "3-D"),
         (_bad(args, 1, args[1][:1]), ValueError, "one entry per kernel"),
         (_bad(args, 6, torch.tensor([1.0, 2.0, 3.0])), ValueError, "compatibility"),
         (_bad(args, 6, torch.zeros(2, 3, 4)), ValueError, "compatibility"),
@@ -202,7 +203,7 @@ def test_empty_batch_and_zero_iterations():
     image = photo_batch(1, 8, 9)
     unary = smooth_unary(1, 3, 8, 9)
     q0 = ops.dense_crf_mean_field(*_bad(_op_args(unary, image), 8, 0))
-    torch.testing.assert_close(q0, torch.softmax(_op_args(unary, image)[0], -1), rtol=0,
+    torch.testing.assert_close(q0, torch.softmax(_op_args(unary, image)[0], 1), rtol=0,
                                atol=1e-6)
     with torch.no_grad():
         empty = deeplabv2_ext.dense_crf(unary[:0], image[:0], 5)

@@ -97,21 +97,22 @@ void check_mean_field_args(const at::Tensor& unary, at::TensorList vertex_index,
                            const c10::optional<at::Tensor>& point_groups, int64_t iterations,
                            c10::string_view normalization) {
   constexpr const char* op = "dense_crf_mean_field";
-  TORCH_CHECK_VALUE(unary.dim() == 3, op, ": unary must be 3-D [N, P, L], got ", unary.sizes());
+  TORCH_CHECK_VALUE(unary.dim() == 3, op, ": unary must be 3-D [N, L, P], got ", unary.sizes());
   TORCH_CHECK_TYPE(unary.scalar_type() == at::kFloat, op, ": unary must be float32, got ",
                    unary.scalar_type());
-  TORCH_CHECK_VALUE(unary.size(2) >= 1 && unary.size(2) <= kMeanFieldMaxLabels, op,
+  TORCH_CHECK_VALUE(unary.size(1) >= 1 && unary.size(1) <= kMeanFieldMaxLabels, op,
                     ": the number of labels must be in [1, ", kMeanFieldMaxLabels, "], got ",
-                    unary.size(2));
+                    unary.size(1));
   const size_t kernels = vertex_index.size();
   TORCH_CHECK_VALUE(vertex_weight.size() == kernels && blur_neighbors.size() == kernels &&
                         splat_offsets.size() == kernels && splat_entries.size() == kernels,
                     op, ": every lattice tensor list must have one entry per kernel");
   for (size_t k = 0; k < kernels; ++k) {
-    check_filter_args(unary, vertex_index[k], vertex_weight[k], blur_neighbors[k],
-                      splat_offsets[k], splat_entries[k], op);
+    // The lattice must fit the points of unary, seen point-major as the filter sees values.
+    check_filter_args(unary.transpose(1, 2), vertex_index[k], vertex_weight[k],
+                      blur_neighbors[k], splat_offsets[k], splat_entries[k], op);
   }
-  const int64_t K = static_cast<int64_t>(kernels), L = unary.size(2);
+  const int64_t K = static_cast<int64_t>(kernels), L = unary.size(1);
   TORCH_CHECK_TYPE(compatibility.scalar_type() == at::kFloat, op,
                    ": compatibility must be float32, got ", compatibility.scalar_type());
   TORCH_CHECK_VALUE((compatibility.dim() == 1 && compatibility.size(0) == K) ||
@@ -123,7 +124,7 @@ void check_mean_field_args(const at::Tensor& unary, at::TensorList vertex_index,
                     compatibility.device(), " but unary on ", unary.device());
   if (point_groups.has_value() && point_groups->defined()) {
     TORCH_CHECK_VALUE(point_groups->dim() == 1 &&
-                          point_groups->numel() == unary.size(0) * unary.size(1),
+                          point_groups->numel() == unary.size(0) * unary.size(2),
                       op, ": point_groups must be [N*P], got ", point_groups->sizes());
     TORCH_CHECK_TYPE(point_groups->scalar_type() == at::kInt, op,
                      ": point_groups must be int32, got ", point_groups->scalar_type());

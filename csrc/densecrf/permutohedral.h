@@ -28,14 +28,15 @@
 //                        Tensor[] splat_entries, Tensor compatibility, Tensor? point_groups,
 //                        int iterations, str normalization) -> Tensor
 //     The whole mean-field inference of the dense CRF (no autograd; inference only):
-//     unary [N, P, L] float32 (pydensecrf's -U, point-major), one lattice per pairwise kernel
+//     unary [N, L, P] float32 (pydensecrf's -U, label-major: an NCHW tensor with H*W flattened),
+//     one lattice per pairwise kernel
 //     (K lists of the permutohedral_lattice outputs), compatibility [K] Potts weights
 //     (energy += w_k filter_k(Q)) or [K, L, L] message matrices (energy -= C_k filter_k(Q)),
 //     normalization "symmetric" | "after" | "none" applied to every kernel as in pydensecrf.
 //     point_groups [N*P] int32 in [0, N*P) (optional, only a speed hint): the loop visits the
 //     points group by group (e.g. 64x64 pixel blocks); the result does not depend on it beyond
 //     float rounding.
-//     Returns Q [N, P, L] after `iterations` updates Q = softmax(energy) from softmax(unary).
+//     Returns Q [N, L, P] after `iterations` updates Q = softmax(energy) from softmax(unary).
 #pragma once
 
 #include <ATen/core/Tensor.h>

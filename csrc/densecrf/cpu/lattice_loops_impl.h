@@ -12,26 +12,6 @@ namespace deeplabv2_ext::densecrf::cpu::DLV2_LOOPS_ISA {
 // Largest row width of the fused mean-field loop (labels are padded up to a multiple of 8).
 constexpr int kMaxLanes = 256;
 
-// e / (D+1) for entries e < 2^31 by a multiply and a shift (Granlund & Montgomery: with
-// l = ceil(log2 q), k = 31 + l and m = ceil(2^k / q), floor(e * m / 2^k) = floor(e / q)); the
-// hardware division was half of the splat's time.
-class PointOfEntry {
- public:
-  explicit PointOfEntry(uint32_t divisor) {
-    int log2_ceil = 0;
-    while ((uint32_t{1} << log2_ceil) < divisor) ++log2_ceil;
-    shift_ = 31 + log2_ceil;
-    multiplier_ = ((uint64_t{1} << shift_) + divisor - 1) / divisor;
-  }
-  int64_t operator()(uint32_t e) const {
-    return static_cast<int64_t>((static_cast<uint64_t>(e) * multiplier_) >> shift_);
-  }
-
- private:
-  uint64_t multiplier_;
-  int shift_;
-};
-
 // One blur step along `axis`: blurred[i] = values[i] + (values[n1] + values[n2]) / 2, rows of
 // kLanes values offset by one (row 0 is the zero row that stands for an absent neighbour).
 template <int kLanes, typename scalar_t>

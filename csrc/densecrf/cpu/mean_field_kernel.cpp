@@ -11,6 +11,10 @@
 //   - per kernel, a splat plan (the op's CSR over vertices with each entry's permuted point and
 //     its weight, times the normaliser for "symmetric") and a slice plan (per point its d+1
 //     vertices and weights times the slice constant, the normaliser and, for Potts, the weight).
+// unary [N, L, P] (label-major, NCHW flattened) is copied into [points, lanes] rows in the loop's
+// order in blocks of points (so neither side is read with a large stride), and Q is copied back
+// the same way into [N, L, P]. Scratch arrays are ScratchArrays (huge pages; see
+// scratch_array.h).
 // Then lattice_loops_impl.h runs Q = softmax(unary) and `iterations` times: splat and blur
 // every kernel, and one fused pass over the points that slices every kernel into the energy,
 // applies the compatibility and takes the softmax.
@@ -25,6 +29,7 @@
 #include "../permutohedral.h"
 #include "../permutohedral_math.h"
 #include "lattice_loops.h"
+#include "scratch_array.h"
 
 namespace deeplabv2_ext::densecrf {
 namespace {
@@ -45,17 +50,16 @@ struct KernelLattice {
 // Per-point factors of the normalisation: splat weights are multiplied by splat_scale[p] and
 // slice weights by slice_scale[p] (both 1 for "none").
 struct Normaliser {
-  std::vector<float> splat_scale, slice_scale;
+  cpu::ScratchArray<float> splat_scale, slice_scale;
 };
 
 Normaliser normaliser(const KernelLattice& lattice, int64_t points,
                       c10::string_view normalization) {
-  Normaliser result;
-  result.splat_scale.assign(static_cast<size_t>(points), 1.0f);
-  result.slice_scale.assign(static_cast<size_t>(points), 1.0f);
+  Normaliser result{cpu::ScratchArray<float>(static_cast<size_t>(points), 1.0f),
+                    cpu::ScratchArray<float>(static_cast<size_t>(points), 1.0f)};
   if (normalization == "none") return result;
-  const std::vector<float> ones(static_cast<size_t>(points), 1.0f);
-  std::vector<float> response(static_cast<size_t>(points));
+  const cpu::ScratchArray<float> ones(static_cast<size_t>(points), 1.0f);
+  cpu::ScratchArray<float> response(static_cast<size_t>(points));
   cpu::filter(lattice.view(points), ones.data(), response.data(), 1, false);
   const bool symmetric = normalization == "symmetric";
   at::parallel_for(0, points, 16384, [&](int64_t begin, int64_t end) {
@@ -73,11 +77,11 @@ Normaliser normaliser(const KernelLattice& lattice, int64_t points,
 
 // position[p] of every point in the loop's order: sorted (stably) by the smallest vertex that
 // point p touches in `lattice` (a counting sort over vertices).
-std::vector<int32_t> point_positions(const KernelLattice& lattice, int64_t points,
-                                     const at::Tensor& point_groups) {
+cpu::ScratchArray<int32_t> point_positions(const KernelLattice& lattice, int64_t points,
+                                           const at::Tensor& point_groups) {
   const int entries = lattice.d + 1;
   const int32_t* index = lattice.vertex_index.data_ptr<int32_t>();
-  std::vector<int32_t> first(static_cast<size_t>(points));
+  cpu::ScratchArray<int32_t> first(static_cast<size_t>(points));
   std::vector<int64_t> bucket(static_cast<size_t>(lattice.num_vertices) + 1, 0);
   for (int64_t p = 0; p < points; ++p) {
     int32_t smallest = index[p * entries];
@@ -86,12 +90,12 @@ std::vector<int32_t> point_positions(const KernelLattice& lattice, int64_t point
     ++bucket[smallest + 1];
   }
   for (size_t i = 1; i < bucket.size(); ++i) bucket[i] += bucket[i - 1];
-  std::vector<int32_t> position(static_cast<size_t>(points));
+  cpu::ScratchArray<int32_t> position(static_cast<size_t>(points));
   for (int64_t p = 0; p < points; ++p) position[p] = static_cast<int32_t>(bucket[first[p]]++);
   if (!point_groups.defined()) return position;
   // Stable counting sort of that order by group: (group, smallest vertex) lexicographically.
   const int32_t* group = point_groups.data_ptr<int32_t>();
-  std::vector<int32_t> point_at(static_cast<size_t>(points));
+  cpu::ScratchArray<int32_t> point_at(static_cast<size_t>(points));
   for (int64_t p = 0; p < points; ++p) point_at[position[p]] = static_cast<int32_t>(p);
   int32_t groups = 0;
   for (int64_t p = 0; p < points; ++p) groups = std::max(groups, group[p] + 1);
@@ -107,28 +111,33 @@ std::vector<int32_t> point_positions(const KernelLattice& lattice, int64_t point
 
 // The splat and slice plans of one kernel in the loop's point order, and its blur buffers.
 struct KernelPlan {
-  std::vector<int32_t> splat_points, slice_vertices;
-  std::vector<float> splat_weights, slice_weights, buffer_a, buffer_b;
+  cpu::ScratchArray<int32_t> splat_points, slice_vertices;
+  cpu::ScratchArray<float> splat_weights, slice_weights, buffer_a, buffer_b;
 };
 
 KernelPlan kernel_plan(const KernelLattice& lattice, const Normaliser& norm,
-                       const std::vector<int32_t>& position, int64_t points, float potts_weight,
+                       const cpu::ScratchArray<int32_t>& position, int64_t points, float potts_weight,
                        int lanes) {
   const int entries = lattice.d + 1;
   const int64_t total = points * entries;
   const int32_t* index = lattice.vertex_index.data_ptr<int32_t>();
   const float* weight = lattice.vertex_weight.data_ptr<float>();
   const int32_t* splat_entries = lattice.splat_entries.data_ptr<int32_t>();
-  KernelPlan plan;
-  plan.splat_points.resize(static_cast<size_t>(total));
-  plan.splat_weights.resize(static_cast<size_t>(total));
-  plan.slice_vertices.resize(static_cast<size_t>(total));
-  plan.slice_weights.resize(static_cast<size_t>(total));
+  const auto rows = static_cast<size_t>((lattice.num_vertices + 1) * lanes);
+  KernelPlan plan{cpu::ScratchArray<int32_t>(static_cast<size_t>(total)),
+                  cpu::ScratchArray<int32_t>(static_cast<size_t>(total)),
+                  cpu::ScratchArray<float>(static_cast<size_t>(total)),
+                  cpu::ScratchArray<float>(static_cast<size_t>(total)),
+                  cpu::ScratchArray<float>(rows), cpu::ScratchArray<float>(rows)};
+  // Row 0 is the zero row of absent blur neighbours; the loops write every other row first.
+  std::fill_n(plan.buffer_a.data(), lanes, 0.0f);
+  std::fill_n(plan.buffer_b.data(), lanes, 0.0f);
   const float alpha = slice_alpha(lattice.d);
+  const cpu::PointOfEntry point_of(static_cast<uint32_t>(entries));
   at::parallel_for(0, total, 16384, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int32_t e = splat_entries[k];
-      const int32_t p = e / entries;
+      const int64_t p = point_of(static_cast<uint32_t>(e));
       plan.splat_points[k] = position[p];
       plan.splat_weights[k] = weight[e] * norm.splat_scale[p];
     }
@@ -143,10 +152,54 @@ KernelPlan kernel_plan(const KernelLattice& lattice, const Normaliser& norm,
       }
     }
   });
-  const auto rows = static_cast<size_t>((lattice.num_vertices + 1) * lanes);
-  plan.buffer_a.assign(rows, 0.0f);
-  plan.buffer_b.assign(rows, 0.0f);
   return plan;
+}
+
+// Copies unary [N, L, P] into the loop's rows [points, lanes] (row position[n * P + p], lanes
+// beyond L zero), a block of kCopyBlock points of one image at a time.
+constexpr int64_t kCopyBlock = 64;
+
+void unary_to_rows(const float* unary, int64_t N, int64_t P, int labels, int lanes,
+                   const int32_t* position, float* rows) {
+  const int64_t blocks_per_image = (P + kCopyBlock - 1) / kCopyBlock;
+  at::parallel_for(0, N * blocks_per_image, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = b / blocks_per_image;
+      const int64_t first = (b % blocks_per_image) * kCopyBlock;
+      const int64_t count = std::min(kCopyBlock, P - first);
+      const int32_t* block_position = position + n * P + first;
+      for (int l = 0; l < labels; ++l) {
+        const float* src = unary + (n * labels + l) * P + first;
+        for (int64_t i = 0; i < count; ++i) {
+          rows[static_cast<int64_t>(block_position[i]) * lanes + l] = src[i];
+        }
+      }
+      for (int64_t i = 0; i < count; ++i) {
+        std::fill_n(rows + static_cast<int64_t>(block_position[i]) * lanes + labels,
+                    lanes - labels, 0.0f);
+      }
+    }
+  });
+}
+
+// The inverse of unary_to_rows for Q: rows [points, lanes] -> out [N, L, P].
+void rows_to_output(const float* rows, int64_t N, int64_t P, int labels, int lanes,
+                    const int32_t* position, float* out) {
+  const int64_t blocks_per_image = (P + kCopyBlock - 1) / kCopyBlock;
+  at::parallel_for(0, N * blocks_per_image, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = b / blocks_per_image;
+      const int64_t first = (b % blocks_per_image) * kCopyBlock;
+      const int64_t count = std::min(kCopyBlock, P - first);
+      const int32_t* block_position = position + n * P + first;
+      for (int l = 0; l < labels; ++l) {
+        float* dst = out + (n * labels + l) * P + first;
+        for (int64_t i = 0; i < count; ++i) {
+          dst[i] = rows[static_cast<int64_t>(block_position[i]) * lanes + l];
+        }
+      }
+    }
+  });
 }
 
 at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vertex_index,
@@ -159,9 +212,9 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
                         splat_entries, compatibility, point_groups, iterations, normalization);
   TORCH_CHECK_VALUE(unary.device().is_cpu(), "dense_crf_mean_field: the CPU kernel got unary on ",
                     unary.device());
-  const int64_t N = unary.size(0), P = unary.size(1), points = N * P;
-  const int labels = static_cast<int>(unary.size(2));
-  at::Tensor out = at::empty({N, P, labels}, unary.options());
+  const int64_t N = unary.size(0), P = unary.size(2), points = N * P;
+  const int labels = static_cast<int>(unary.size(1));
+  at::Tensor out = at::empty({N, labels, P}, unary.options());
   if (points == 0) return out;
   const int lanes = cpu::mean_field_lanes(labels);
   const size_t num_kernels = vertex_index.size();
@@ -186,8 +239,9 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
                       "dense_crf_mean_field: point_groups must be in [0, N*P)");
   }
   // Loop order: by the largest lattice (identity when there is no kernel).
-  std::vector<int32_t> position(static_cast<size_t>(points));
+  cpu::ScratchArray<int32_t> position;
   if (num_kernels == 0) {
+    position = cpu::ScratchArray<int32_t>(static_cast<size_t>(points));
     for (int64_t p = 0; p < points; ++p) position[p] = static_cast<int32_t>(p);
   } else {
     const auto largest = std::max_element(
@@ -218,24 +272,13 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
   }
 
   const at::Tensor unary_in = unary.contiguous();
-  const float* unary_data = unary_in.data_ptr<float>();
-  std::vector<float> unary_loop(static_cast<size_t>(points * lanes), 0.0f);
-  std::vector<float> q(static_cast<size_t>(points * lanes));
-  at::parallel_for(0, points, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      std::copy_n(unary_data + p * labels, labels,
-                  unary_loop.data() + static_cast<int64_t>(position[p]) * lanes);
-    }
-  });
-  cpu::mean_field({unary_loop.data(), q.data(), points, labels, lanes,
+  cpu::ScratchArray<float> unary_rows(static_cast<size_t>(points * lanes));
+  cpu::ScratchArray<float> q(static_cast<size_t>(points * lanes));
+  unary_to_rows(unary_in.data_ptr<float>(), N, P, labels, lanes, position.data(),
+                unary_rows.data());
+  cpu::mean_field({unary_rows.data(), q.data(), points, labels, lanes,
                    static_cast<int>(iterations), kernels.data(), static_cast<int>(num_kernels)});
-  float* out_data = out.data_ptr<float>();
-  at::parallel_for(0, points, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      std::copy_n(q.data() + static_cast<int64_t>(position[p]) * lanes, labels,
-                  out_data + p * labels);
-    }
-  });
+  rows_to_output(q.data(), N, P, labels, lanes, position.data(), out.data_ptr<float>());
   return out;
 }
 
