@@ -143,6 +143,33 @@ def test_lattice_does_not_depend_on_thread_count():
         assert torch.equal(a, b)
 
 
+def test_merged_neighbours_equal_hash_lookups():
+    """The blur neighbours are found by merging the sorted packed keys; a fresh process with
+    DEEPLABV2_EXT_LATTICE_NEIGHBOURS=hash looks them up in the hash table instead: the same
+    lattice."""
+    g = torch.Generator().manual_seed(3)
+    features = [crf.bilateral_features(photo_batch(2, 33, 41), 13.0, 5.0),
+                crf.gaussian_features(1, 29, 31, 2.0, torch.device("cpu")),
+                torch.randn(2, 3, 200, generator=g) * 4.0,
+                torch.randn(1, 1, 50, generator=g) * 3.0]
+    script = (
+        "import sys, torch\n"
+        "from deeplabv2_ext import densecrf as crf\n"
+        "features = torch.load(sys.argv[1])\n"
+        "torch.save([tuple(crf.build_lattice(f)) for f in features], sys.argv[2])\n")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
+        torch.save(features, inputs)
+        env = dict(os.environ, DEEPLABV2_EXT_LATTICE_NEIGHBOURS="hash")
+        subprocess.run([sys.executable, "-c", script, inputs, outputs], check=True, env=env,
+                       cwd=tmp)
+        looked_up = torch.load(outputs)
+    for f, reference in zip(features, looked_up):
+        for merged, hashed in zip(crf.build_lattice(f), reference):
+            assert torch.equal(merged, hashed)
+
+
 def test_blur_neighbours_are_inverse_pairs():
     lattice = crf.build_lattice(crf.bilateral_features(photo_batch(2, 25, 30), 10.0, 6.0))
     neighbours = lattice.blur_neighbors.long()  # [D+1, M, 2]
