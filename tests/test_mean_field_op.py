@@ -79,6 +79,18 @@ def test_fused_matches_differentiable_path_compatibility(compatibility, kernels)
                                differentiable_path(unary, image, 4, **params), rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("labels", [5, 21])
+def test_fused_is_shift_invariant(labels):
+    """softmax ignores a constant added to every label's score; the fused loop must too, also for
+    scores far below 0 (padding lanes once gave exp(+89) = inf and 0 * inf = NaN)."""
+    image = photo_batch(1, 30, 40)
+    unary = smooth_unary(1, labels, 30, 40)
+    reference = fused_path(unary, image, 3)
+    for shift in (-89.0, -90.0, -250.0, 60.0):
+        torch.testing.assert_close(fused_path(unary + shift, image, 3), reference, rtol=0,
+                                   atol=1e-4)
+
+
 def _op_args(unary_nchw, image, groups=None):
     batch, labels, height, width = unary_nchw.shape
     lattices = [crf.build_lattice(crf.gaussian_features(batch, height, width, 3.0, image.device)),

@@ -141,10 +141,15 @@ DLV2_INLINE Vec8 splat8(float x) { return Vec8{} + x; }
 // row they will need this many items ahead.
 constexpr int kPrefetchDistance = 8;
 
-// Prefetch the cache lines of a row of `width` floats.
+// Prefetch the cache lines of a row of `width` floats (each line once: a 24-float row at a
+// 32-byte offset spans two lines).
 DLV2_INLINE void prefetch_row(const float* row, int64_t width) {
-  for (int64_t offset = 0; offset < width; offset += 16) __builtin_prefetch(row + offset);
-  __builtin_prefetch(row + width - 1);
+  constexpr uintptr_t kLine = 64;
+  const uintptr_t last = reinterpret_cast<uintptr_t>(row + width - 1);
+  for (uintptr_t line = reinterpret_cast<uintptr_t>(row) & ~(kLine - 1); line <= last;
+       line += kLine) {
+    __builtin_prefetch(reinterpret_cast<const void*>(line));
+  }
 }
 
 // Number of 8-float vectors in a row: compile time for kLanes > 0.
@@ -156,10 +161,12 @@ template <int kLanes>
 constexpr int kRowVecs = kLanes > 0 ? kLanes / 8 : kMaxVecs;
 
 // exp(x) for x <= 0: Cephes' expf polynomial after the reduction x = n ln2 + r, |r| <= ln2/2
-// (relative error about 2e-7); inputs below -87 are clamped (exp(-87) ~ 1.6e-38).
+// (relative error about 2e-7); inputs are clamped to [-87, 0] (exp(-87) ~ 1.6e-38; a padding
+// lane's x can be positive, and must not overflow before it is multiplied by 0).
 DLV2_INLINE Vec8 exp_nonpositive(Vec8 x) {
   const Vec8 lowest = splat8(-87.0f);
   x = x < lowest ? lowest : x;
+  x = x > 0.0f ? Vec8{} : x;
   // Round to nearest with the 1.5 * 2^23 trick (exact for |x / ln2| < 2^22).
   const Vec8 magic = splat8(12582912.0f);
   const Vec8 k = (x * 1.44269504088896341f + magic) - magic;
@@ -177,23 +184,47 @@ DLV2_INLINE Vec8 exp_nonpositive(Vec8 x) {
   return poly * scale;
 }
 
-// q = softmax(energy) over the first `labels` lanes; `mask` is 1 on those lanes and 0 beyond.
-template <int kLanes>
-DLV2_INLINE void softmax_row(Vec8 (&energy)[kRowVecs<kLanes>], const Vec8* mask, int labels,
-                             int vecs, float* q) {
-  float max_energy = energy[0][0];
-  for (int l = 1; l < labels; ++l) {
-    const float e = energy[l / 8][l % 8];
-    max_energy = e > max_energy ? e : max_energy;
+DLV2_INLINE Vec8 max8(Vec8 a, Vec8 b) { return a > b ? a : b; }
+
+// The largest / the sum of the 8 lanes, broadcast to every lane (three butterfly steps).
+DLV2_INLINE Vec8 all_lanes_max(Vec8 x) {
+  x = max8(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3));
+  x = max8(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5));
+  return max8(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6));
+}
+DLV2_INLINE Vec8 all_lanes_sum(Vec8 x) {
+  x += __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3);
+  x += __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5);
+  return x + __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6);
+}
+
+// The lanes of a row: `mask` is 1 on the first `labels` lanes and 0 beyond, `padding` 0 on them
+// and -FLT_MAX beyond (so that padding lanes never win the max).
+struct RowLanes {
+  Vec8 mask[kMaxVecs];
+  Vec8 padding[kMaxVecs];
+};
+
+DLV2_INLINE void init_row_lanes(RowLanes& lanes, int labels, int vecs) {
+  for (int l = 0; l < vecs * 8; ++l) {
+    lanes.mask[l / 8][l % 8] = l < labels ? 1.0f : 0.0f;
+    lanes.padding[l / 8][l % 8] = l < labels ? 0.0f : -3.0e38f;
   }
+}
+
+// q = softmax(energy) over the first `labels` lanes, zero beyond.
+template <int kLanes>
+DLV2_INLINE void softmax_row(Vec8 (&energy)[kRowVecs<kLanes>], const RowLanes& lanes, int vecs,
+                             float* q) {
+  Vec8 largest = energy[0] + lanes.padding[0];
+  for (int v = 1; v < vecs; ++v) largest = max8(largest, energy[v] + lanes.padding[v]);
+  largest = all_lanes_max(largest);
   Vec8 total{};
   for (int v = 0; v < vecs; ++v) {
-    energy[v] = exp_nonpositive(energy[v] - max_energy) * mask[v];
+    energy[v] = exp_nonpositive(energy[v] - largest) * lanes.mask[v];
     total += energy[v];
   }
-  float sum = 0.0f;
-  for (int j = 0; j < 8; ++j) sum += total[j];
-  const float inv_sum = 1.0f / sum;
+  const Vec8 inv_sum = 1.0f / all_lanes_sum(total);
   for (int v = 0; v < vecs; ++v) store8(q + v * 8, energy[v] * inv_sum);
 }
 
@@ -304,14 +335,14 @@ DLV2_INLINE void prefetch_slice(const MeanFieldArgs& args, const float* const* f
 template <int kLanes>
 void mean_field_lanes_fixed(const MeanFieldArgs& args) {
   const int vecs = row_vecs<kLanes>(args.lanes);
-  Vec8 mask[kRowVecs<kLanes>];
-  for (int l = 0; l < vecs * 8; ++l) mask[l / 8][l % 8] = l < args.labels ? 1.0f : 0.0f;
+  RowLanes lanes;
+  init_row_lanes(lanes, args.labels, vecs);
   at::parallel_for(0, args.points, 256, [&](int64_t begin, int64_t end) {
-    Vec8 energy[kRowVecs<kLanes>];
+    Vec8 energy[kRowVecs<kLanes>] = {};
     for (int64_t p = begin; p < end; ++p) {
       const float* unary = args.unary + p * args.lanes;
       for (int v = 0; v < vecs; ++v) energy[v] = load8(unary + v * 8);
-      softmax_row<kLanes>(energy, mask, args.labels, vecs, args.q + p * args.lanes);
+      softmax_row<kLanes>(energy, lanes, vecs, args.q + p * args.lanes);
     }
   });
   std::vector<const float*> filtered(static_cast<size_t>(args.num_kernels));
@@ -321,11 +352,11 @@ void mean_field_lanes_fixed(const MeanFieldArgs& args) {
       filtered[k] = blur_rows<kLanes>(args.kernels[k], args.lanes);
     }
     at::parallel_for(0, args.points, 256, [&](int64_t begin, int64_t end) {
-      Vec8 energy[kRowVecs<kLanes>];
+      Vec8 energy[kRowVecs<kLanes>] = {};
       for (int64_t p = begin; p < end; ++p) {
         if (p + kPrefetchDistance < end) prefetch_slice(args, filtered.data(), p + kPrefetchDistance);
         point_energy<kLanes>(args, filtered.data(), p, energy);
-        softmax_row<kLanes>(energy, mask, args.labels, vecs, args.q + p * args.lanes);
+        softmax_row<kLanes>(energy, lanes, vecs, args.q + p * args.lanes);
       }
     });
   }
