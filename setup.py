@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 import torch
 from setuptools import find_packages, setup
@@ -39,6 +40,13 @@ def sources(with_cuda: bool) -> list[str]:
 def extension():
     with_cuda = want_cuda()
     cxx_flags = ["-O3"]
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        # ATen's at::parallel_for is an inline OpenMP loop in this torch build
+        # (AT_PARALLEL_OPENMP): without -fopenmp our CPU kernels' parallel_for ran on one thread.
+        # The extension then needs libgomp.so.1, which torch has already loaded.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     define_macros = []
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
@@ -49,6 +57,7 @@ def extension():
             include_dirs=[os.path.join(ROOT, CSRC)],
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link_flags,
         )
     return CppExtension(
         "deeplabv2_ext._C",
@@ -56,6 +65,7 @@ def extension():
         include_dirs=[os.path.join(ROOT, CSRC)],
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
     )
 
 

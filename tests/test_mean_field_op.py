@@ -182,6 +182,22 @@ def test_merged_neighbours_equal_hash_lookups():
             assert torch.equal(merged, hashed)
 
 
+def test_fused_does_not_depend_on_thread_count():
+    """Every vertex sums its points in the same order and every point is updated on its own, so
+    the threads (OpenMP, since the build passes -fopenmp) change nothing, not even rounding."""
+    image = photo_batch(2, 90, 110)
+    unary = smooth_unary(2, 21, 90, 110)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = fused_path(unary, image, 4)
+        torch.set_num_threads(3)
+        several = fused_path(unary, image, 4)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, several)
+
+
 def test_blur_neighbours_are_inverse_pairs():
     lattice = crf.build_lattice(crf.bilateral_features(photo_batch(2, 25, 30), 10.0, 6.0))
     neighbours = lattice.blur_neighbors.long()  # [D+1, M, 2]
