@@ -116,8 +116,8 @@ struct KernelPlan {
 };
 
 KernelPlan kernel_plan(const KernelLattice& lattice, const Normaliser& norm,
-                       const cpu::ScratchArray<int32_t>& position, int64_t points, float potts_weight,
-                       int lanes) {
+                       const cpu::ScratchArray<int32_t>& position, int64_t points,
+                       float potts_weight, int lanes) {
   const int entries = lattice.d + 1;
   const int64_t total = points * entries;
   const int32_t* index = lattice.vertex_index.data_ptr<int32_t>();
@@ -155,29 +155,37 @@ KernelPlan kernel_plan(const KernelLattice& lattice, const Normaliser& norm,
   return plan;
 }
 
-// Copies unary [N, L, P] into the loop's rows [points, lanes] (row position[n * P + p], lanes
-// beyond L zero), a block of kCopyBlock points of one image at a time.
+// Calls block(n, first, count) in parallel for blocks of kCopyBlock consecutive points of one
+// image: the unit of the copies between [N, L, P] tensors and the loop's rows, so that neither
+// side is read with a large stride.
 constexpr int64_t kCopyBlock = 64;
 
-void unary_to_rows(const float* unary, int64_t N, int64_t P, int labels, int lanes,
-                   const int32_t* position, float* rows) {
+template <typename Block>
+void for_each_point_block(int64_t N, int64_t P, const Block& block) {
   const int64_t blocks_per_image = (P + kCopyBlock - 1) / kCopyBlock;
   at::parallel_for(0, N * blocks_per_image, 64, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t n = b / blocks_per_image;
       const int64_t first = (b % blocks_per_image) * kCopyBlock;
-      const int64_t count = std::min(kCopyBlock, P - first);
-      const int32_t* block_position = position + n * P + first;
-      for (int l = 0; l < labels; ++l) {
-        const float* src = unary + (n * labels + l) * P + first;
-        for (int64_t i = 0; i < count; ++i) {
-          rows[static_cast<int64_t>(block_position[i]) * lanes + l] = src[i];
-        }
-      }
+      block(b / blocks_per_image, first, std::min(kCopyBlock, P - first));
+    }
+  });
+}
+
+// Copies unary [N, L, P] into the loop's rows [points, lanes] (row position[n * P + p], lanes
+// beyond L zero).
+void unary_to_rows(const float* unary, int64_t N, int64_t P, int labels, int lanes,
+                   const int32_t* position, float* rows) {
+  for_each_point_block(N, P, [&](int64_t n, int64_t first, int64_t count) {
+    const int32_t* block_position = position + n * P + first;
+    for (int l = 0; l < labels; ++l) {
+      const float* src = unary + (n * labels + l) * P + first;
       for (int64_t i = 0; i < count; ++i) {
-        std::fill_n(rows + static_cast<int64_t>(block_position[i]) * lanes + labels,
-                    lanes - labels, 0.0f);
+        rows[static_cast<int64_t>(block_position[i]) * lanes + l] = src[i];
       }
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      std::fill_n(rows + static_cast<int64_t>(block_position[i]) * lanes + labels,
+                  lanes - labels, 0.0f);
     }
   });
 }
@@ -185,18 +193,12 @@ void unary_to_rows(const float* unary, int64_t N, int64_t P, int labels, int lan
 // The inverse of unary_to_rows for Q: rows [points, lanes] -> out [N, L, P].
 void rows_to_output(const float* rows, int64_t N, int64_t P, int labels, int lanes,
                     const int32_t* position, float* out) {
-  const int64_t blocks_per_image = (P + kCopyBlock - 1) / kCopyBlock;
-  at::parallel_for(0, N * blocks_per_image, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t n = b / blocks_per_image;
-      const int64_t first = (b % blocks_per_image) * kCopyBlock;
-      const int64_t count = std::min(kCopyBlock, P - first);
-      const int32_t* block_position = position + n * P + first;
-      for (int l = 0; l < labels; ++l) {
-        float* dst = out + (n * labels + l) * P + first;
-        for (int64_t i = 0; i < count; ++i) {
-          dst[i] = rows[static_cast<int64_t>(block_position[i]) * lanes + l];
-        }
+  for_each_point_block(N, P, [&](int64_t n, int64_t first, int64_t count) {
+    const int32_t* block_position = position + n * P + first;
+    for (int l = 0; l < labels; ++l) {
+      float* dst = out + (n * labels + l) * P + first;
+      for (int64_t i = 0; i < count; ++i) {
+        dst[i] = rows[static_cast<int64_t>(block_position[i]) * lanes + l];
       }
     }
   });
