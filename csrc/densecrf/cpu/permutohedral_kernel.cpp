@@ -268,17 +268,21 @@ void fill_blur_neighbors(const KeyTable& table, const SortedVertices& sorted,
     const uint64_t* code = sorted.codes.data();
     at::parallel_for(0, d + 1, 1, [&](int64_t axis_begin, int64_t axis_end) {
       for (int64_t axis = axis_begin; axis < axis_end; ++axis) {
+        // The move's coordinate changes: blur_neighbour_keys applied to the zero key.
+        const int32_t origin[kMaxLatticeDim] = {};
+        int32_t minus[kMaxLatticeDim], delta[kMaxLatticeDim];
+        blur_neighbour_keys(origin, d, static_cast<int>(axis), minus, delta);
         uint64_t step = 0;  // the code difference of the move, modulo 2^64
         for (int k = 0; k < d; ++k) {
-          const int64_t delta = k == axis ? -d : 1;
-          step += static_cast<uint64_t>(delta) << sorted.shift[k];
+          step += static_cast<uint64_t>(int64_t{delta[k]}) << sorted.shift[k];
         }
         int64_t j = 0;
         for (int64_t i = 0; i < M; ++i) {
           bool inside = true;
           for (int k = 0; k < d; ++k) {
-            const auto field = static_cast<int64_t>((code[i] >> sorted.shift[k]) & sorted.mask[k]);
-            inside &= k == axis ? field >= d : field < sorted.range[k];
+            const auto moved =
+                static_cast<int64_t>((code[i] >> sorted.shift[k]) & sorted.mask[k]) + delta[k];
+            inside &= moved >= 0 && moved <= sorted.range[k];
           }
           if (!inside) continue;
           const uint64_t target = code[i] + step;
