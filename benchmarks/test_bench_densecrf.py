@@ -6,6 +6,8 @@ VOC parameters (bilateral w=4, sxy=121, srgb=5; gaussian w=3, sxy=3). In each gr
                            under torch.no_grad()
   pydensecrf               pydensecrf.densecrf.DenseCRF2D, one image after the other (CPU,
                            single-threaded): setUnaryEnergy + 2 pairwise terms + inference
+  shim-cpu / shim-cuda     the same calls through deeplabv2_ext.compat.pydensecrf (the drop-in
+                           import), device="cuda" for shim-cuda
 The inputs are a real photograph (skimage.data) and a smooth realistic unary. Max |dQ| of ours
 vs pydensecrf is recorded in extra_info (and in the summary's error column).
 
@@ -67,7 +69,7 @@ def _specs(config):
     dev = crf_device(config)
     sizes = _env_list("CRF_BENCH_SIZES") or ([321, 512] if dev == "cpu" else [321, 512, 1024])
     batches = _env_list("CRF_BENCH_BATCHES") or [1, 8]
-    variants = [f"ours-{dev}"]
+    variants = [f"ours-{dev}", f"shim-{dev}"]
     if os.environ.get("CRF_BENCH_NO_PYDENSECRF", "0") in ("0", "", "false", "no"):
         variants.append("pydensecrf")
     return [Spec(dev, s, n, v) for s in sizes for n in batches for v in variants]
@@ -110,11 +112,13 @@ def _inputs(size, batch):
     return _INPUTS[key]
 
 
-def _pydensecrf_run(dcrf, imgs, unary_np):
+def _pydensecrf_run(dcrf, imgs, unary_np, **densecrf2d_kwargs):
+    """pydensecrf's calls, one image after the other, through the module ``dcrf`` (pydensecrf
+    or the shim)."""
     out = []
     for img, u in zip(imgs, unary_np):
         H, W = img.shape[:2]
-        d = dcrf.DenseCRF2D(W, H, L)
+        d = dcrf.DenseCRF2D(W, H, L, **densecrf2d_kwargs)
         d.setUnaryEnergy(np.ascontiguousarray(-u.reshape(L, -1)))
         d.addPairwiseGaussian(sxy=PARAMS["gaussian_sxy"], compat=PARAMS["gaussian_weight"])
         d.addPairwiseBilateral(sxy=PARAMS["bilateral_sxy"], srgb=PARAMS["bilateral_srgb"], rgbim=img,
@@ -142,6 +146,16 @@ def test_densecrf(benchmark, crf_spec, record_result, request):
 
         warmup = 0
         role = "baseline"
+    elif spec.variant.startswith("shim"):
+        from deeplabv2_ext.compat import pydensecrf as shim
+
+        unary_np = unary.numpy()
+
+        def fn():
+            return torch.from_numpy(_pydensecrf_run(shim, imgs, unary_np, device=dev))
+
+        warmup = 1 if dev == "cuda" else 0
+        role = "ours"
     else:
         u, im = unary.to(dev), image.to(dev)
 

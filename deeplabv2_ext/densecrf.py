@@ -130,17 +130,26 @@ class PairwiseTerm:
         float w is Potts (message ``-w · K(Q)``), an [L] vector is diagonal, an [L, L] matrix
         is symmetrised to ``(m + m^T) / 2``."""
         _check_normalization(normalization)
-        lattice = build_lattice(features)
+        return cls.from_lattice(build_lattice(features), compatibility, normalization,
+                                num_labels, dtype)
+
+    @classmethod
+    def from_lattice(cls, lattice: PermutohedralLattice, compatibility: float | Tensor,
+                     normalization: str, num_labels: int,
+                     dtype: torch.dtype = torch.float32) -> PairwiseTerm:
+        """``from_features`` for a lattice already built by ``build_lattice``."""
+        _check_normalization(normalization)
+        batch, points = lattice.vertex_index.shape[:2]
+        device = lattice.vertex_index.device
         normalizer = None
         if normalization != "none":
-            ones = torch.ones(features.shape[0], features.shape[2], 1, dtype=dtype,
-                              device=features.device)
+            ones = torch.ones(batch, points, 1, dtype=dtype, device=device)
             response = lattice.filter_points(ones) + 1e-20
             normalizer = response.rsqrt() if normalization == "symmetric" else response.reciprocal()
         if isinstance(compatibility, (int, float)):
             compatibility = float(compatibility)
         else:
-            compatibility = compatibility_matrix(compatibility, num_labels, features.device, dtype)
+            compatibility = compatibility_matrix(compatibility, num_labels, device, dtype)
         return cls(lattice, normalizer, normalization, compatibility)
 
     def filter(self, values: Tensor) -> Tensor:
@@ -316,11 +325,16 @@ def dense_crf(
     kernels = [(weight, features) for weight, features in kernels
                if _as_float(weight) != 0.0 or _requires_grad(weight)]
     if _use_fused_mean_field(unary, compatibility, [weight for weight, _ in kernels]):
-        Q = _fused_mean_field(unary.to(torch.float32).reshape(batch, labels, points),
-                              [build_lattice(features()) for _, features in kernels],
-                              [_as_float(weight) for weight, _ in kernels], compatibility,
-                              iterations, normalization,
-                              pixel_tiles(batch, height, width, unary.device))
+        if compatibility is None:
+            kernel_compatibility = [_as_float(weight) for weight, _ in kernels]
+        else:
+            matrix = compatibility_matrix(compatibility.detach(), labels, unary.device,
+                                          torch.float32)
+            kernel_compatibility = [_as_float(weight) * matrix for weight, _ in kernels]
+        Q = fused_mean_field(unary.to(torch.float32).reshape(batch, labels, points),
+                             [build_lattice(features()) for _, features in kernels],
+                             kernel_compatibility, iterations, normalization,
+                             pixel_tiles(batch, height, width, unary.device))
         return Q.reshape(batch, labels, height, width)
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
     # Point-major [N, P, L] (contiguous), the layout of the filter op, for the whole loop.
@@ -351,27 +365,36 @@ def _use_fused_mean_field(unary: Tensor, compatibility: Tensor | None,
     needs_grad = torch.is_grad_enabled() and (
         unary.requires_grad or _requires_grad(compatibility)
         or any(_requires_grad(weight) for weight in weights))
-    return (not needs_grad and unary.device.type == "cpu" and unary.dtype != torch.float64
-            and unary.shape[1] <= _MEAN_FIELD_MAX_LABELS)
+    return (not needs_grad and unary.dtype != torch.float64
+            and fused_mean_field_supports(unary.device, unary.shape[1]))
 
 
-def _fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
-                      weights: Sequence[float], compatibility: Tensor | None, iterations: int,
-                      normalization: str, point_groups: Tensor | None = None) -> Tensor:
-    """The mean-field loop in one op on label-major ``unary`` [N, L, P] float32 -> Q [N, L, P]:
-    Potts weights [K], or [K, L, L] message matrices."""
+def fused_mean_field_supports(device: torch.device, num_labels: int) -> bool:
+    """Whether ``fused_mean_field`` runs on ``device`` for ``num_labels`` labels (the op has a
+    CPU kernel for up to 256 labels)."""
+    return device.type == "cpu" and num_labels <= _MEAN_FIELD_MAX_LABELS
+
+
+def fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
+                     compatibilities: Sequence[float | Tensor], iterations: int,
+                     normalization: str, point_groups: Tensor | None = None) -> Tensor:
+    """The mean-field loop in one op (no gradient), on label-major ``unary`` [N, L, P] float32
+    -> Q [N, L, P]. One lattice per kernel, all with the same ``normalization``; each kernel's
+    compatibility is a Potts weight w (message ``-w · K(Q)``) or an [L, L] message matrix (as
+    returned by ``compatibility_matrix``). ``point_groups`` [N*P] int32 (e.g. ``pixel_tiles``)
+    sets the order the loop visits points in; it changes speed, not the result."""
     labels = unary.shape[1]
-    if compatibility is None:
-        kernel_compatibility = torch.tensor(weights, dtype=torch.float32)
+    if all(isinstance(c, (int, float)) for c in compatibilities):
+        kernel_compatibility = torch.tensor([float(c) for c in compatibilities],
+                                            dtype=torch.float32, device=unary.device)
     else:
-        matrix = compatibility_matrix(compatibility.detach().to(unary.device, torch.float32),
-                                      labels, unary.device, torch.float32)
-        kernel_compatibility = torch.stack([weight * matrix for weight in weights]) if weights \
-            else matrix.new_empty((0, labels, labels))
+        kernel_compatibility = torch.stack([
+            compatibility_matrix(c, labels, unary.device, torch.float32)
+            if isinstance(c, (int, float)) else c.detach().to(unary.device, torch.float32)
+            for c in compatibilities])
     lattice_lists = [list(field) for field in zip(*lattices)] if lattices else [[]] * 5
     return torch.ops.deeplabv2_ext.dense_crf_mean_field(
-        unary, *lattice_lists, kernel_compatibility.to(unary.device), point_groups, iterations,
-        normalization)
+        unary, *lattice_lists, kernel_compatibility, point_groups, iterations, normalization)
 
 
 @torch.library.register_fake("deeplabv2_ext::dense_crf_mean_field")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import deeplabv2_ext
 from deeplabv2_ext.compat import pydensecrf as shim
 
 dcrf = pytest.importorskip("pydensecrf.densecrf")
@@ -135,6 +136,8 @@ CONFIGS = {
     "vector": dict(g=dict(sxy=3, compat="vector"), b=dict(sxy=67, srgb=3, compat="vector")),
     "matrix": dict(g=dict(sxy=3, compat="matrix"), b=dict(sxy=67, srgb=3, compat="matrix")),
     "gaussian-only": dict(g=dict(sxy=3, compat=3)),
+    "mixed-compat": dict(g=dict(sxy=3, compat=3), b=dict(sxy=67, srgb=3, compat="matrix")),
+    "mixed-normalization": dict(g=dict(sxy=3, compat=3, normalization="NORMALIZE_AFTER"), b=dict(sxy=67, srgb=3, compat=4)),
 }
 
 
@@ -172,6 +175,29 @@ def test_densecrf2d_inference(config, device):
     q = ours.inference(5)
     assert isinstance(q, np.ndarray) and q.shape == (L, H * W) and q.dtype == np.float32
     _agree(q, np.array(theirs.inference(5)), f"DenseCRF2D {config} on {device}")
+
+
+def test_cpu_inference_runs_the_fused_loop(monkeypatch):
+    """On the CPU, inference is the fused op that dense_crf runs: the same numbers bit for bit,
+    and the step-by-step torch loop is not called."""
+    H, W, L = 37, 53, 7
+    img = _img(H, W, "astronaut")
+    p = _probs(img, L, seed=5)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("inference fell back to the step-by-step loop")
+
+    monkeypatch.setattr(shim._crf, "mean_field", fail)
+    d = shim.DenseCRF2D(W, H, L)
+    d.setUnaryEnergy(shim.unary_from_softmax(p))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=67, srgb=3, rgbim=img, compat=4)
+    q = d.inference(6)
+    unary = torch.from_numpy(-shim.unary_from_softmax(p)).reshape(1, L, H, W)
+    image = torch.from_numpy(img).permute(2, 0, 1)[None]
+    expected = deeplabv2_ext.dense_crf(unary, image, 6, bilateral_weight=4.0, bilateral_sxy=67.0,
+                                       bilateral_srgb=3.0, gaussian_weight=3.0, gaussian_sxy=3.0)
+    np.testing.assert_array_equal(q, expected.reshape(L, H * W).numpy())
 
 
 def test_generic_densecrf_with_utils_features():

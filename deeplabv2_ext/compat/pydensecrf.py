@@ -25,7 +25,10 @@ agree with pydensecrf's to float32 rounding (the lattice is the same). Differenc
 - Logistic unaries (``setUnaryEnergy(L, f)``, ``LogisticUnary``) raise ``NotImplementedError``.
 - An optional ``device`` (e.g. ``"cuda"``) runs everything there; inputs and outputs stay NumPy.
 
-Everything goes through :class:`deeplabv2_ext.densecrf.PairwiseTerm` and
+Each pairwise term's lattice is built when it is added. On the CPU, ``inference`` runs the whole
+loop in the fused op :func:`deeplabv2_ext.densecrf.fused_mean_field` (what ``dense_crf`` runs)
+when all terms share one normalisation other than NORMALIZE_BEFORE; otherwise, on other devices
+and for the step-by-step API it goes through :class:`deeplabv2_ext.densecrf.PairwiseTerm` and
 :func:`deeplabv2_ext.densecrf.mean_field`.
 """
 from __future__ import annotations
@@ -129,6 +132,31 @@ class _NormalizeBeforeTerm(_crf.PairwiseTerm):
         return self.lattice.filter_points(values * self.normalizer)
 
 
+@dataclasses.dataclass
+class _Pairwise:
+    """A pairwise term as added: its lattice, pydensecrf's compatibility (a Potts weight, an [L]
+    vector or an [L, L] matrix) and normalisation name ("before" included)."""
+
+    lattice: _crf.PermutohedralLattice
+    compatibility: float | torch.Tensor
+    normalization: str
+    _term: _crf.PairwiseTerm | None = None
+
+    def term(self, num_labels: int) -> _crf.PairwiseTerm:
+        """The term for the step-by-step API (its normaliser is computed on first use)."""
+        if self._term is None:
+            if self.normalization == "before":
+                # K(n * v) with n = 1 / K(1): the "after" normaliser, applied before the filter
+                after = _crf.PairwiseTerm.from_lattice(self.lattice, self.compatibility, "after",
+                                                       num_labels)
+                self._term = _NormalizeBeforeTerm(
+                    **{f.name: getattr(after, f.name) for f in dataclasses.fields(after)})
+            else:
+                self._term = _crf.PairwiseTerm.from_lattice(self.lattice, self.compatibility,
+                                                            self.normalization, num_labels)
+        return self._term
+
+
 class DenseCRF:
     """A fully connected CRF over ``n_pixels`` variables with ``n_labels`` labels (pydensecrf's
     ``DenseCRF``). Pairwise terms take arbitrary features through :meth:`addPairwiseEnergy`."""
@@ -143,7 +171,7 @@ class DenseCRF:
         self._nlabel = n_labels
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._unary = torch.zeros(1, n_labels, n_pixels, device=self.device)  # log-space (-U)
-        self._terms = []
+        self._pairwise: list[_Pairwise] = []
 
     # ----------------------------------------------------------------------------- setup
     def setUnaryEnergy(self, u, f=None):
@@ -177,14 +205,8 @@ class DenseCRF:
         _check_kernel(kernel)
         norm = _normalization_name(normalization)
         compat = self._compat(compat)
-        feats = feats.unsqueeze(0).to(self.device)
-        if norm == "before":
-            # K(n * v) with n = 1 / K(1): the "after" term's normaliser, applied before the filter
-            term = _crf.PairwiseTerm.from_features(feats, compat, "after", self._nlabel)
-            term = _NormalizeBeforeTerm(**{f.name: getattr(term, f.name) for f in dataclasses.fields(term)})
-        else:
-            term = _crf.PairwiseTerm.from_features(feats, compat, norm, self._nlabel)
-        self._terms.append(term)
+        lattice = _crf.build_lattice(feats.unsqueeze(0).to(self.device))
+        self._pairwise.append(_Pairwise(lattice, compat, norm))
 
     def _compat(self, compat):
         if isinstance(compat, Number):
@@ -207,8 +229,22 @@ class DenseCRF:
     # ------------------------------------------------------------------------- inference
     def inference(self, niter: int) -> np.ndarray:
         """``niter`` mean-field iterations from Q = softmax(-U); returns Q [n_labels, n_pixels]."""
+        niter = max(int(niter), 0)
+        normalizations = {p.normalization for p in self._pairwise}
         with torch.no_grad():
-            q = _crf.mean_field(self._unary, list(self._terms), max(int(niter), 0))
+            if (_crf.fused_mean_field_supports(self.device, self._nlabel)
+                    and len(normalizations) <= 1 and "before" not in normalizations):
+                # The whole loop in one op (what dense_crf runs on the CPU).
+                q = _crf.fused_mean_field(
+                    self._unary, [p.lattice for p in self._pairwise],
+                    [p.compatibility if isinstance(p.compatibility, float)
+                     else _crf.compatibility_matrix(p.compatibility, self._nlabel, self.device,
+                                                    torch.float32)
+                     for p in self._pairwise],
+                    niter, normalizations.pop() if normalizations else "none",
+                    self._point_groups())
+            else:
+                q = _crf.mean_field(self._unary, self._terms(), niter)
         return self._to_numpy(q)
 
     def startInference(self):
@@ -226,7 +262,7 @@ class DenseCRF:
             q = torch.from_numpy(np.ascontiguousarray(Q, dtype=np.float32)).unsqueeze(0).to(self.device)
             want_tmp = any(isinstance(t, np.ndarray) and t.shape == Q.shape for t in (tmp1, tmp2))
             if want_tmp:
-                messages = [self._message(t, q) for t in self._terms]
+                messages = [self._message(t, q) for t in self._terms()]
                 logits = self._unary.clone()
                 for m in messages:
                     logits -= m
@@ -236,7 +272,7 @@ class DenseCRF:
                 if isinstance(tmp2, np.ndarray) and tmp2.shape == Q.shape and messages:
                     tmp2[...] = self._to_numpy(messages[-1])
             else:
-                q_new = _crf.mean_field_step(self._unary, list(self._terms), q)
+                q_new = _crf.mean_field_step(self._unary, self._terms(), q)
         Q[...] = self._to_numpy(q_new)
 
     def klDivergence(self, Q) -> float:
@@ -247,9 +283,16 @@ class DenseCRF:
         with torch.no_grad():
             q = torch.from_numpy(np.ascontiguousarray(Q)).unsqueeze(0).to(self.device).double()
             kl = (q * torch.log(q.clamp_min(1e-20))).sum() - (self._unary.double() * q).sum()
-            for t in self._terms:
+            for t in self._terms():
                 kl = kl + (q * self._message(t, q.float()).double()).sum()
         return float(kl)
+
+    def _terms(self) -> list[_crf.PairwiseTerm]:
+        return [p.term(self._nlabel) for p in self._pairwise]
+
+    def _point_groups(self) -> torch.Tensor | None:
+        """The order the fused loop visits pixels in (None: variable order)."""
+        return None
 
     @staticmethod
     def _message(term, q: torch.Tensor) -> torch.Tensor:
@@ -273,6 +316,10 @@ class DenseCRF2D(DenseCRF):
         super().__init__(width * height, n_labels, device=device)
         self._w = width
         self._h = height
+
+    def _point_groups(self) -> torch.Tensor:
+        """64 x 64 pixel tiles, the order ``dense_crf`` uses (keeps the loop's reads local)."""
+        return _crf.pixel_tiles(1, self._h, self._w, self.device)
 
     def _xy(self, sxy) -> torch.Tensor:
         sx, sy = (np.float32(s) for s in _as_pair(sxy, 2, "sxy"))
