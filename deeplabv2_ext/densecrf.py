@@ -272,12 +272,21 @@ def _check_crf_args(unary: Tensor, image: Tensor, iterations: int, stds: dict[st
         if not value > 0:
             raise ValueError(f"dense_crf: {name} must be > 0, got {value}")
     _check_normalization(normalization)
-    if unary.numel() and not bool(torch.isfinite(unary).all()):
+    if torch.compiler.is_compiling():
+        # a data-dependent check: an assert op in the graph instead of a host branch
+        torch._assert_async(torch.isfinite(unary).all(), "dense_crf: unary contains NaN or Inf")
+    elif unary.numel() and not bool(torch.isfinite(unary).all()):
         raise ValueError("dense_crf: unary contains NaN or Inf")
 
 
 def _as_float(value: float | Tensor) -> float:
     return float(value.detach()) if isinstance(value, Tensor) else float(value)
+
+
+def _is_symbolic(weight: float | Tensor) -> bool:
+    """Whether a kernel weight stays a tensor (its value never read on the host): when it needs
+    a gradient, and for any tensor under torch.compile (reading it would break the graph)."""
+    return isinstance(weight, Tensor) and (weight.requires_grad or torch.compiler.is_compiling())
 
 
 def dense_crf(
@@ -322,15 +331,17 @@ def dense_crf(
                                                     unary.device)),
         (bilateral_weight, lambda: bilateral_features(image, bilateral_sxy, bilateral_srgb)),
     ]
+    kernels = [(weight if _is_symbolic(weight) else _as_float(weight), features)
+               for weight, features in kernels]
     kernels = [(weight, features) for weight, features in kernels
-               if _as_float(weight) != 0.0 or _requires_grad(weight)]
+               if isinstance(weight, Tensor) or weight != 0.0]
     if _use_fused_mean_field(unary, compatibility, [weight for weight, _ in kernels]):
         if compatibility is None:
-            kernel_compatibility = [_as_float(weight) for weight, _ in kernels]
+            kernel_compatibility = [weight for weight, _ in kernels]
         else:
             matrix = compatibility_matrix(compatibility.detach(), labels, unary.device,
                                           torch.float32)
-            kernel_compatibility = [_as_float(weight) * matrix for weight, _ in kernels]
+            kernel_compatibility = [weight * matrix for weight, _ in kernels]
         Q = fused_mean_field(unary.to(torch.float32).reshape(batch, labels, points),
                              [build_lattice(features()) for _, features in kernels],
                              kernel_compatibility, iterations, normalization,
@@ -341,8 +352,8 @@ def dense_crf(
     unary_points = unary.to(dtype).reshape(batch, labels, points).transpose(1, 2).contiguous()
     terms = []
     for weight, features in kernels:
-        if compatibility is None and not _requires_grad(weight):
-            term_compatibility = _as_float(weight)  # Potts
+        if compatibility is None and not isinstance(weight, Tensor):
+            term_compatibility = weight  # Potts
         elif compatibility is None:
             term_compatibility = -weight * torch.eye(labels, device=unary.device, dtype=dtype)
         else:
@@ -380,18 +391,26 @@ def fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
                      normalization: str, point_groups: Tensor | None = None) -> Tensor:
     """The mean-field loop in one op (no gradient), on label-major ``unary`` [N, L, P] float32
     -> Q [N, L, P]. One lattice per kernel, all with the same ``normalization``; each kernel's
-    compatibility is a Potts weight w (message ``-w · K(Q)``) or an [L, L] message matrix (as
-    returned by ``compatibility_matrix``). ``point_groups`` [N*P] int32 (e.g. ``pixel_tiles``)
-    sets the order the loop visits points in; it changes speed, not the result."""
+    compatibility is a Potts weight w (a number or a 0-dim tensor: message ``-w · K(Q)``) or an
+    [L, L] message matrix (as returned by ``compatibility_matrix``). ``point_groups`` [N*P]
+    int32 (e.g. ``pixel_tiles``) sets the order the loop visits points in; it changes speed,
+    not the result."""
     labels = unary.shape[1]
-    if all(isinstance(c, (int, float)) for c in compatibilities):
-        kernel_compatibility = torch.tensor([float(c) for c in compatibilities],
-                                            dtype=torch.float32, device=unary.device)
+
+    def is_potts(c: float | Tensor) -> bool:
+        return not isinstance(c, Tensor) or c.dim() == 0
+
+    def as_tensor(c: float | Tensor) -> Tensor:
+        return torch.as_tensor(c).detach().to(unary.device, torch.float32)
+
+    if not compatibilities:
+        kernel_compatibility = unary.new_empty((0,))
+    elif all(is_potts(c) for c in compatibilities):
+        kernel_compatibility = torch.stack([as_tensor(c) for c in compatibilities])
     else:
         kernel_compatibility = torch.stack([
-            compatibility_matrix(c, labels, unary.device, torch.float32)
-            if isinstance(c, (int, float)) else c.detach().to(unary.device, torch.float32)
-            for c in compatibilities])
+            compatibility_matrix(as_tensor(c), labels, unary.device, torch.float32)
+            if is_potts(c) else as_tensor(c) for c in compatibilities])
     lattice_lists = [list(field) for field in zip(*lattices)] if lattices else [[]] * 5
     return torch.ops.deeplabv2_ext.dense_crf_mean_field(
         unary, *lattice_lists, kernel_compatibility, point_groups, iterations, normalization)

@@ -342,6 +342,82 @@ def test_backward_float32_matches_finite_difference():
     assert abs(fd - an) <= 2e-3 * max(1.0, abs(an)), (fd, an)
 
 
+# ------------------------------------------------------------------------ torch.compile
+def _compiled(fn, **kwargs):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    return torch.compile(fn, backend="aot_eager", fullgraph=True, **kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_inference_fullgraph(device):
+    """No gradient: the fused loop on the CPU; the compiled graph gives the eager numbers."""
+    img = photo("coffee", 21, 26)
+    u = realistic_unary(img, 5).unsqueeze(0).to(device)
+    im = hwc_to_nchw(img).to(device)
+    fn = _compiled(lambda u_, im_: deeplabv2_ext.dense_crf(u_, im_, 4, **DEEPLAB_V2_VOC))
+    with torch.no_grad():
+        torch.testing.assert_close(fn(u, im), deeplabv2_ext.dense_crf(u, im, 4, **DEEPLAB_V2_VOC),
+                                   rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_trainable_module_fullgraph(device):
+    """CRF-as-RNN under torch.compile(fullgraph=True): tensor weights and compatibility stay in
+    the graph, forward and gradients equal eager."""
+    img = photo("rocket", 17, 23)
+    L = 4
+    module = deeplabv2_ext.DenseCRF(iterations=3, trainable=True, num_labels=L).to(device)
+    with torch.no_grad():
+        module.compatibility.add_(0.1 * torch.randn(L, L, generator=torch.Generator().manual_seed(0)).to(device))
+    u = realistic_unary(img, L).unsqueeze(0).to(device).requires_grad_(True)
+    im = hwc_to_nchw(img).to(device)
+    params = [u, module.bilateral_weight, module.gaussian_weight, module.compatibility]
+    expected = module(u, im)
+    expected_grads = torch.autograd.grad(expected.pow(2).sum(), params)
+    got = _compiled(module)(u, im)
+    got_grads = torch.autograd.grad(got.pow(2).sum(), params)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_dynamic_shapes():
+    """dynamic=True: the fake kernels (the lattice's data-dependent vertex count included) take
+    symbolic N, H, W."""
+    fn = _compiled(lambda u_, im_: deeplabv2_ext.dense_crf(u_, im_, 3, **DEFAULTS), dynamic=True)
+    for n, h, w in [(1, 9, 13), (2, 11, 7), (1, 16, 16)]:
+        imgs = [photo(name, h, w) for name in ("astronaut", "chelsea")[:n]]
+        u = torch.stack([realistic_unary(img, 3, seed=i) for i, img in enumerate(imgs)])
+        im = torch.cat([hwc_to_nchw(img) for img in imgs])
+        with torch.no_grad():
+            torch.testing.assert_close(fn(u, im), deeplabv2_ext.dense_crf(u, im, 3, **DEFAULTS),
+                                       rtol=0, atol=1e-6)
+
+
+def test_compile_nan_unary_raises():
+    """The NaN/Inf check is an assert in the compiled graph (not a host branch)."""
+    u, im = _good()
+    fn = _compiled(lambda u_, im_: deeplabv2_ext.dense_crf(u_, im_, 2))
+    u[0, 1, 2, 3] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        fn(u, im)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_permutohedral_filter_fullgraph(device):
+    g = torch.Generator().manual_seed(3)
+    values = torch.randn(2, 3, 6, 7, generator=g).to(device).requires_grad_(True)
+    features = (4 * torch.randn(2, 4, 6, 7, generator=g)).to(device)
+    expected = deeplabv2_ext.permutohedral_filter(values, features, "symmetric")
+    (expected_grad,) = torch.autograd.grad(expected.pow(2).sum(), values)
+    got = _compiled(lambda v, f: deeplabv2_ext.permutohedral_filter(v, f, "symmetric"))(values, features)
+    (got_grad,) = torch.autograd.grad(got.pow(2).sum(), values)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- bad inputs
 def _good():
     return torch.zeros(1, 3, 5, 6), torch.zeros(1, 3, 5, 6, dtype=torch.uint8)
