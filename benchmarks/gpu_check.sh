@@ -141,7 +141,7 @@ for shape in ${BENCH_SHAPES:-S1 S2 S3}; do
         --benchmark-json="$OUT/bench_gpu_$shape.json"
     BENCH_JSONS+=("$OUT/bench_gpu_$shape.json")
 done
-run_stage bench_crf 150 env CRF_BENCH_DEVICE="${BENCH_DEVICE:-cuda}" \
+run_stage bench_crf 200 env CRF_BENCH_DEVICE="${BENCH_DEVICE:-cuda}" \
     pytest benchmarks/test_bench_densecrf.py -q -p no:cacheprovider \
     --benchmark-json="$OUT/bench_gpu_crf.json"
 BENCH_JSONS+=("$OUT/bench_gpu_crf.json")

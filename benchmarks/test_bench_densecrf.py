@@ -17,7 +17,12 @@ defines it):
                           CRF_BENCH_SIZES     e.g. "321,512,1024" (default: 321,512 on CPU,
                                               321,512,1024 on CUDA)
                           CRF_BENCH_BATCHES   e.g. "1,8" (default)
-                          CRF_BENCH_ROUNDS    timed rounds (default: 2 on CPU, 10 on CUDA)
+                          CRF_BENCH_ROUNDS    timed rounds of ours-* (default: 2 on CPU, 10 on
+                                              CUDA)
+                          CRF_BENCH_BASELINE_ROUNDS  timed rounds of pydensecrf and shim-*
+                                              (default: CRF_BENCH_ROUNDS on CPU, 1 with
+                                              --crf-device cuda: one pass of pydensecrf over
+                                              all groups takes about a minute)
                           CRF_BENCH_NO_PYDENSECRF=1  skip the baseline (e.g. at 4000x3000)
                           CRF_BENCH_THREADS   torch threads for ours (default: torch's);
                                               1 gives the single-threaded comparison
@@ -177,6 +182,8 @@ def test_densecrf(benchmark, crf_spec, record_result, request):
         role = "ours"
 
     rounds = int(os.environ.get("CRF_BENCH_ROUNDS", 0)) or (10 if dev == "cuda" else 2)
+    if spec.variant != f"ours-{dev}":
+        rounds = int(os.environ.get("CRF_BENCH_BASELINE_ROUNDS", 0)) or (1 if dev == "cuda" else rounds)
     benchmark.group = spec.group
     benchmark.name = spec.variant
     benchmark.extra_info.update(

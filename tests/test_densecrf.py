@@ -323,6 +323,27 @@ def test_trainable_module_gradients():
     assert torch.isfinite(m(u.detach(), hwc_to_nchw(img))).all()
 
 
+@pytest.mark.parametrize("trainable", [False, True])
+def test_backward_saved_memory(trainable):
+    """What autograd keeps (the documented memory): Q of every iteration, and with a trainable
+    compatibility each kernel's filtered Q of every iteration; counted with saved-tensor hooks
+    as distinct storages of one N*L*H*W float32 tensor, the unary itself excluded."""
+    img = photo("astronaut", 30, 40)
+    L, iterations = 5, 4
+    u = realistic_unary(img, L).unsqueeze(0).requires_grad_(True)
+    module = deeplabv2_ext.DenseCRF(iterations, trainable=trainable, num_labels=L)
+    storages = set()
+
+    def pack(t):
+        if t.untyped_storage().nbytes() == u.numel() * 4 and t.untyped_storage().data_ptr() != u.data_ptr():
+            storages.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(u, hwc_to_nchw(img))
+    assert len(storages) <= (iterations + 1) + (2 * iterations if trainable else 0), len(storages)
+
+
 def test_backward_float32_matches_finite_difference():
     img = photo("coffee", 6, 7)
     L = 4
