@@ -274,6 +274,9 @@ def _check_crf_args(unary: Tensor, image: Tensor, iterations: int, stds: dict[st
         if not value > 0:
             raise ValueError(f"dense_crf: {name} must be > 0, got {value}")
     _check_normalization(normalization)
+
+
+def _check_finite(unary: Tensor) -> None:
     if torch.compiler.is_compiling():
         # a data-dependent check: an assert op in the graph instead of a host branch
         torch._assert_async(torch.isfinite(unary).all(), "dense_crf: unary contains NaN or Inf")
@@ -341,6 +344,7 @@ def dense_crf(
     kernels = [(weight, features) for weight, features in kernels
                if isinstance(weight, Tensor) or weight != 0.0]
     if _use_fused_mean_field(unary, compatibility, [weight for weight, _ in kernels]):
+        # (the op checks that unary is finite while copying it)
         if compatibility is None:
             kernel_compatibility = [weight for weight, _ in kernels]
         else:
@@ -352,6 +356,7 @@ def dense_crf(
                              kernel_compatibility, iterations, normalization,
                              pixel_tiles(batch, height, width, unary.device))
         return Q.reshape(batch, labels, height, width)
+    _check_finite(unary)
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
     # Point-major [N, P, L] (contiguous), the layout of the filter op, for the whole loop.
     unary_points = unary.to(dtype).reshape(batch, labels, points).transpose(1, 2).contiguous()

@@ -417,13 +417,15 @@ def test_compile_dynamic_shapes():
                                        rtol=0, atol=1e-6)
 
 
-def test_compile_nan_unary_raises():
-    """The NaN/Inf check is an assert in the compiled graph (not a host branch)."""
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_compile_nan_unary_raises(requires_grad):
+    """The NaN/Inf check works in a compiled graph: in the fused op without gradients, else an
+    assert op (not a host branch)."""
     u, im = _good()
     fn = _compiled(lambda u_, im_: deeplabv2_ext.dense_crf(u_, im_, 2))
     u[0, 1, 2, 3] = float("nan")
-    with pytest.raises(RuntimeError, match="NaN or Inf"):
-        fn(u, im)
+    with pytest.raises((RuntimeError, ValueError), match="NaN or Inf"):
+        fn(u.requires_grad_(requires_grad), im)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -240,6 +240,8 @@ def test_mean_field_op_bad_inputs():
         (_bad(args, 7, torch.zeros(5, dtype=torch.int32)), ValueError, "point_groups"),
         (_bad(args, 7, torch.zeros(72, dtype=torch.int64)), TypeError, "point_groups"),
         (_bad(args, 7, torch.full((72,), 99, dtype=torch.int32)), ValueError, "point_groups"),
+        (_bad(args, 0, args[0].clone().index_fill_(2, torch.tensor([40]), float("nan"))), ValueError, "NaN or Inf"),
+        (_bad(args, 0, args[0].clone().index_fill_(1, torch.tensor([2]), -float("inf"))), ValueError, "NaN or Inf"),
         (_bad(args, 8, -1), ValueError, "iterations"),
         (_bad(args, 9, "before"), ValueError, "normalization"),
     ]

@@ -23,6 +23,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -172,22 +173,28 @@ void for_each_point_block(int64_t N, int64_t P, const Block& block) {
 }
 
 // Copies unary [N, L, P] into the loop's rows [points, lanes] (row position[n * P + p], lanes
-// beyond L zero).
-void unary_to_rows(const float* unary, int64_t N, int64_t P, int labels, int lanes,
+// beyond L zero). Returns false when unary has a NaN or an infinity (checked on the way: the
+// sum of x * 0 over a block is NaN exactly when one of its x is not finite).
+bool unary_to_rows(const float* unary, int64_t N, int64_t P, int labels, int lanes,
                    const int32_t* position, float* rows) {
+  std::atomic<bool> finite{true};
   for_each_point_block(N, P, [&](int64_t n, int64_t first, int64_t count) {
     const int32_t* block_position = position + n * P + first;
+    float nan_if_not_finite = 0.0f;
     for (int l = 0; l < labels; ++l) {
       const float* src = unary + (n * labels + l) * P + first;
       for (int64_t i = 0; i < count; ++i) {
         rows[static_cast<int64_t>(block_position[i]) * lanes + l] = src[i];
+        nan_if_not_finite += src[i] * 0.0f;
       }
     }
     for (int64_t i = 0; i < count; ++i) {
       std::fill_n(rows + static_cast<int64_t>(block_position[i]) * lanes + labels,
                   lanes - labels, 0.0f);
     }
+    if (std::isnan(nan_if_not_finite)) finite.store(false, std::memory_order_relaxed);
   });
+  return finite.load();
 }
 
 // The inverse of unary_to_rows for Q: rows [points, lanes] -> out [N, L, P].
@@ -276,8 +283,9 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
   const at::Tensor unary_in = unary.contiguous();
   cpu::ScratchArray<float> unary_rows(static_cast<size_t>(points * lanes));
   cpu::ScratchArray<float> q(static_cast<size_t>(points * lanes));
-  unary_to_rows(unary_in.data_ptr<float>(), N, P, labels, lanes, position.data(),
-                unary_rows.data());
+  TORCH_CHECK_VALUE(unary_to_rows(unary_in.data_ptr<float>(), N, P, labels, lanes,
+                                  position.data(), unary_rows.data()),
+                    "dense_crf_mean_field: unary contains NaN or Inf");
   cpu::mean_field({unary_rows.data(), q.data(), points, labels, lanes,
                    static_cast<int>(iterations), kernels.data(), static_cast<int>(num_kernels)});
   rows_to_output(q.data(), N, P, labels, lanes, position.data(), out.data_ptr<float>());
