@@ -3,7 +3,8 @@
     compute-sanitizer --tool memcheck python benchmarks/sanitize_densecrf.py [--tiny]
 
 Runs the lattice build and filter for several feature dimensions and batch sizes, and a
-batched dense_crf forward + backward, and checks each result against the CPU op.
+batched dense_crf (the fused mean-field op without gradients; forward + backward of the
+differentiable loop), and checks each result against the CPU op.
 """
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ def check_crf(batch: int, height: int, width: int, labels: int) -> None:
     unary = torch.randn(batch, labels, height, width)
     image = (torch.rand(batch, 3, height, width) * 255).to(torch.uint8)
     expected = deeplabv2_ext.dense_crf(unary, image, 3)
-    unary_cuda = unary.cuda().requires_grad_()
+    with torch.no_grad():  # the fused mean-field op
+        fused = deeplabv2_ext.dense_crf(unary.cuda(), image.cuda(), 3)
+    error = (fused.cpu() - expected).abs().max().item()
+    assert error < 1e-4, f"fused dense_crf N={batch} {height}x{width} L={labels}: max error {error}"
+    unary_cuda = unary.cuda().requires_grad_()  # the differentiable loop around the filter op
     got = deeplabv2_ext.dense_crf(unary_cuda, image.cuda(), 3)
     got.square().sum().backward()
     error = (got.detach().cpu() - expected).abs().max().item()

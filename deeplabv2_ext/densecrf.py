@@ -6,11 +6,15 @@ images of the batch at once) and reused by every iteration and by the backward p
 numbers follow Krähenbühl's v2 code that pydensecrf wraps: same lattice, normalisations,
 compatibility signs and update ``Q = softmax(unary - sum_k C_k · K_k(Q))``.
 
-Inference (float32 on the CPU, no gradient needed) runs the whole loop in one op,
-``torch.ops.deeplabv2_ext.dense_crf_mean_field`` (csrc/densecrf/cpu/mean_field_kernel.cpp): it
-keeps, per kernel, a splat and a slice plan (16·(D+1) bytes per pixel) and two vertex buffers
-(2·M·L' floats, L' = L rounded up to a multiple of 8), plus unary and Q (2·P·L' floats): about
-190 MB for one 512×512 image with L = 21.
+Inference (float32 or lower, no gradient needed) runs the whole loop in one op,
+``torch.ops.deeplabv2_ext.dense_crf_mean_field``. On the CPU (csrc/densecrf/cpu/
+mean_field_kernel.cpp) it keeps, per kernel, a splat and a slice plan (16·(D+1) bytes per
+pixel) and two vertex buffers (2·M·L' floats, L' = L rounded up to a multiple of 8), plus unary
+and Q (2·P·L' floats): about 190 MB for one 512×512 image with L = 21. On CUDA
+(csrc/densecrf/cuda/permutohedral_cuda.cpp) the loop is driven from C++: per kernel and
+iteration the filter kernels with the normalisers folded into their weights, the slice adding
+into the energy, then a softmax; it keeps per kernel splat and slice weights (8·(D+1) bytes per
+pixel) and two vertex buffers (2·M·L floats), plus unary, energy and Q (3·P·L floats).
 
 Gradients: the mean-field loop is written with differentiable torch ops around the filter op,
 whose backward is its exact adjoint (the same lattice, blur axes in reverse order). Autograd
@@ -354,7 +358,8 @@ def dense_crf(
         Q = fused_mean_field(unary.to(torch.float32).reshape(batch, labels, points),
                              [build_lattice(features()) for _, features in kernels],
                              kernel_compatibility, iterations, normalization,
-                             pixel_tiles(batch, height, width, unary.device))
+                             pixel_tiles(batch, height, width, unary.device)
+                             if unary.device.type == "cpu" else None)
         return Q.reshape(batch, labels, height, width)
     _check_finite(unary)
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
@@ -381,8 +386,8 @@ def _requires_grad(value: float | Tensor | None) -> bool:
 
 def _use_fused_mean_field(unary: Tensor, compatibility: Tensor | None,
                           weights: Sequence[float | Tensor]) -> bool:
-    """Whether ``dense_crf`` runs the whole loop in the ``dense_crf_mean_field`` op: float32 on
-    the CPU when no gradient is needed (the op has no backward)."""
+    """Whether ``dense_crf`` runs the whole loop in the ``dense_crf_mean_field`` op: when no
+    gradient is needed (the op has no backward) and unary is not float64."""
     needs_grad = torch.is_grad_enabled() and (
         unary.requires_grad or _requires_grad(compatibility)
         or any(_requires_grad(weight) for weight in weights))
@@ -391,9 +396,9 @@ def _use_fused_mean_field(unary: Tensor, compatibility: Tensor | None,
 
 
 def fused_mean_field_supports(device: torch.device, num_labels: int) -> bool:
-    """Whether ``fused_mean_field`` runs on ``device`` for ``num_labels`` labels (the op has a
-    CPU kernel for up to 256 labels)."""
-    return device.type == "cpu" and num_labels <= _MEAN_FIELD_MAX_LABELS
+    """Whether ``fused_mean_field`` runs on ``device`` for ``num_labels`` labels (the op has CPU
+    and CUDA kernels for up to 256 labels)."""
+    return device.type in ("cpu", "cuda") and num_labels <= _MEAN_FIELD_MAX_LABELS
 
 
 def fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
@@ -403,8 +408,8 @@ def fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
     -> Q [N, L, P]. One lattice per kernel, all with the same ``normalization``; each kernel's
     compatibility is a Potts weight w (a number or a 0-dim tensor: message ``-w · K(Q)``) or an
     [L, L] message matrix (as returned by ``compatibility_matrix``). ``point_groups`` [N*P]
-    int32 (e.g. ``pixel_tiles``) sets the order the loop visits points in; it changes speed,
-    not the result."""
+    int32 (e.g. ``pixel_tiles``) sets the order the CPU loop visits points in; it changes
+    speed, not the result (ignored on other devices)."""
     labels = unary.shape[1]
 
     def is_potts(c: float | Tensor) -> bool:
@@ -421,6 +426,8 @@ def fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
         kernel_compatibility = torch.stack([
             compatibility_matrix(as_tensor(c), labels, unary.device, torch.float32)
             if is_potts(c) else as_tensor(c) for c in compatibilities])
+    if unary.device.type != "cpu":
+        point_groups = None
     lattice_lists = [list(field) for field in zip(*lattices)] if lattices else [[]] * 5
     return torch.ops.deeplabv2_ext.dense_crf_mean_field(
         unary, *lattice_lists, kernel_compatibility, point_groups, iterations, normalization)

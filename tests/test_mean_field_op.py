@@ -1,8 +1,8 @@
-"""Tests of the fused CPU mean-field op ``deeplabv2_ext::dense_crf_mean_field``.
+"""Tests of the fused mean-field op ``deeplabv2_ext::dense_crf_mean_field`` (CPU and CUDA).
 
-``dense_crf`` runs it for float32 CPU inputs when no gradient is needed; otherwise it runs the
+``dense_crf`` runs it when no gradient is needed (and unary is not float64); otherwise it runs the
 differentiable loop of torch ops around ``permutohedral_filter``. The agreement of the fused op
-with pydensecrf is tested in test_densecrf.py (every no-grad CPU case goes through it); here it is
+with pydensecrf is tested in test_densecrf.py (every no-grad case goes through it); here it is
 compared with the differentiable loop, across its two CPU builds (baseline and AVX2), with and
 without the point-group hint, and its argument checks and schema are tested.
 """
@@ -19,6 +19,7 @@ from deeplabv2_ext import densecrf as crf
 
 skimage_data = pytest.importorskip("skimage.data")
 ops = torch.ops.deeplabv2_ext
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def photo_batch(batch, height, width):
@@ -46,23 +47,39 @@ def fused_path(unary, image, iterations, **params):
         return deeplabv2_ext.dense_crf(unary, image, iterations, **params)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("labels", [1, 3, 21, 33, 40])
 @pytest.mark.parametrize("normalization", ["symmetric", "after", "none"])
-def test_fused_matches_differentiable_path(labels, normalization):
-    image = photo_batch(2, 37, 45)
-    unary = smooth_unary(2, labels, 37, 45)
+def test_fused_matches_differentiable_path(labels, normalization, device):
+    image = photo_batch(2, 37, 45).to(device)
+    unary = smooth_unary(2, labels, 37, 45).to(device)
     params = dict(normalization=normalization)
     if normalization == "none":
         params.update(bilateral_weight=0.05, gaussian_weight=0.03)
     fused = fused_path(unary, image, 5, **params)
     reference = differentiable_path(unary, image, 5, **params)
     torch.testing.assert_close(fused, reference, rtol=0, atol=2e-5)
-    torch.testing.assert_close(fused.sum(1), torch.ones(2, 37, 45), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fused.sum(1), torch.ones(2, 37, 45, device=device), rtol=0,
+                               atol=1e-5)
 
 
+@pytest.mark.cuda
+def test_cuda_fused_matches_cpu_fused():
+    image = photo_batch(3, 64, 80)
+    unary = smooth_unary(3, 21, 64, 80)
+    for params in (dict(), dict(normalization="after"),
+                   dict(compatibility=0.3 * torch.randn(21, 21) - torch.eye(21))):
+        cpu = fused_path(unary, image, 10, **params)
+        gpu = fused_path(unary.cuda(), image.cuda(), 10,
+                         **{k: v.cuda() if isinstance(v, torch.Tensor) else v
+                            for k, v in params.items()})
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("compatibility", ["vector", "matrix"])
 @pytest.mark.parametrize("kernels", ["both", "gaussian", "bilateral", "none"])
-def test_fused_matches_differentiable_path_compatibility(compatibility, kernels):
+def test_fused_matches_differentiable_path_compatibility(compatibility, kernels, device):
     labels = 6
     g = torch.Generator().manual_seed(1)
     if compatibility == "vector":
@@ -71,20 +88,21 @@ def test_fused_matches_differentiable_path_compatibility(compatibility, kernels)
         compat = 0.3 * torch.randn(labels, labels, generator=g) - torch.eye(labels)
     weights = dict(both=(4.0, 3.0), gaussian=(0.0, 3.0), bilateral=(4.0, 0.0), none=(0.0, 0.0))
     bilateral_weight, gaussian_weight = weights[kernels]
-    image = photo_batch(1, 50, 41)
-    unary = smooth_unary(1, labels, 50, 41, seed=2)
-    params = dict(compatibility=compat, bilateral_weight=bilateral_weight,
+    image = photo_batch(1, 50, 41).to(device)
+    unary = smooth_unary(1, labels, 50, 41, seed=2).to(device)
+    params = dict(compatibility=compat.to(device), bilateral_weight=bilateral_weight,
                   gaussian_weight=gaussian_weight)
     torch.testing.assert_close(fused_path(unary, image, 4, **params),
                                differentiable_path(unary, image, 4, **params), rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("labels", [5, 21])
-def test_fused_is_shift_invariant(labels):
+def test_fused_is_shift_invariant(labels, device):
     """softmax ignores a constant added to every label's score; the fused loop must too, also for
     scores far below 0 (padding lanes once gave exp(+89) = inf and 0 * inf = NaN)."""
-    image = photo_batch(1, 30, 40)
-    unary = smooth_unary(1, labels, 30, 40)
+    image = photo_batch(1, 30, 40).to(device)
+    unary = smooth_unary(1, labels, 30, 40).to(device)
     reference = fused_path(unary, image, 3)
     for shift in (-89.0, -90.0, -250.0, 60.0):
         torch.testing.assert_close(fused_path(unary + shift, image, 3), reference, rtol=0,
@@ -97,7 +115,7 @@ def _op_args(unary_nchw, image, groups=None):
                 crf.build_lattice(crf.bilateral_features(image, 67.0, 3.0))]
     unary = unary_nchw.reshape(batch, labels, -1)  # label-major [N, L, P]
     lists = [list(field) for field in zip(*lattices)]
-    return (unary, *lists, torch.tensor([3.0, 4.0]), groups, 5, "symmetric")
+    return (unary, *lists, torch.tensor([3.0, 4.0], device=image.device), groups, 5, "symmetric")
 
 
 def test_point_groups_only_change_rounding():
@@ -208,13 +226,14 @@ def test_blur_neighbours_are_inverse_pairs():
         assert torch.equal(neighbours[axis, plus[present], 0], vertices[present])
 
 
-def test_opcheck_mean_field():
-    image = photo_batch(1, 6, 5)
-    unary = smooth_unary(1, 4, 6, 5)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_mean_field(device):
+    image = photo_batch(1, 6, 5).to(device)
+    unary = smooth_unary(1, 4, 6, 5).to(device)
     args = _op_args(unary, image)
     torch.library.opcheck(ops.dense_crf_mean_field, args)
     matrix_args = list(args)
-    matrix_args[6] = torch.randn(2, 4, 4)
+    matrix_args[6] = torch.randn(2, 4, 4, device=device)
     torch.library.opcheck(ops.dense_crf_mean_field, tuple(matrix_args))
 
 
@@ -224,24 +243,25 @@ def _bad(args, index, value):
     return tuple(args)
 
 
-def test_mean_field_op_bad_inputs():
-    image = photo_batch(1, 8, 9)
-    unary = smooth_unary(1, 3, 8, 9)
+@pytest.mark.parametrize("device", DEVICES)
+def test_mean_field_op_bad_inputs(device):
+    image = photo_batch(1, 8, 9).to(device)
+    unary = smooth_unary(1, 3, 8, 9).to(device)
     args = _op_args(unary, image)
     cases = [
         (_bad(args, 0, args[0].double()), TypeError, "float32"),
         (_bad(args, 0, args[0][:, :0]), ValueError, "labels"),
-        (_bad(args, 0, torch.zeros(1, 300, 72)), ValueError, "labels"),
+        (_bad(args, 0, torch.zeros(1, 300, 72, device=device)), ValueError, "labels"),
         (_bad(args, 0, args[0][..., :10]), ValueError, "does not match"),
         (_bad(args, 0, args[0][0]), ValueError, "3-D"),
         (_bad(args, 1, args[1][:1]), ValueError, "one entry per kernel"),
-        (_bad(args, 6, torch.tensor([1.0, 2.0, 3.0])), ValueError, "compatibility"),
-        (_bad(args, 6, torch.zeros(2, 3, 4)), ValueError, "compatibility"),
-        (_bad(args, 7, torch.zeros(5, dtype=torch.int32)), ValueError, "point_groups"),
-        (_bad(args, 7, torch.zeros(72, dtype=torch.int64)), TypeError, "point_groups"),
-        (_bad(args, 7, torch.full((72,), 99, dtype=torch.int32)), ValueError, "point_groups"),
-        (_bad(args, 0, args[0].clone().index_fill_(2, torch.tensor([40]), float("nan"))), ValueError, "NaN or Inf"),
-        (_bad(args, 0, args[0].clone().index_fill_(1, torch.tensor([2]), -float("inf"))), ValueError, "NaN or Inf"),
+        (_bad(args, 6, torch.tensor([1.0, 2.0, 3.0], device=device)), ValueError, "compatibility"),
+        (_bad(args, 6, torch.zeros(2, 3, 4, device=device)), ValueError, "compatibility"),
+        (_bad(args, 7, torch.zeros(5, dtype=torch.int32, device=device)), ValueError, "point_groups"),
+        (_bad(args, 7, torch.zeros(72, dtype=torch.int64, device=device)), TypeError, "point_groups"),
+        (_bad(args, 7, torch.full((72,), 99, dtype=torch.int32, device=device)), ValueError, "point_groups"),
+        (_bad(args, 0, args[0].clone().index_fill_(2, torch.tensor([40], device=device), float("nan"))), ValueError, "NaN or Inf"),
+        (_bad(args, 0, args[0].clone().index_fill_(1, torch.tensor([2], device=device), -float("inf"))), ValueError, "NaN or Inf"),
         (_bad(args, 8, -1), ValueError, "iterations"),
         (_bad(args, 9, "before"), ValueError, "normalization"),
     ]
@@ -256,9 +276,10 @@ def test_mean_field_op_bad_inputs():
             ops.dense_crf_mean_field(*bad_args)
 
 
-def test_empty_batch_and_zero_iterations():
-    image = photo_batch(1, 8, 9)
-    unary = smooth_unary(1, 3, 8, 9)
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch_and_zero_iterations(device):
+    image = photo_batch(1, 8, 9).to(device)
+    unary = smooth_unary(1, 3, 8, 9).to(device)
     q0 = ops.dense_crf_mean_field(*_bad(_op_args(unary, image), 8, 0))
     torch.testing.assert_close(q0, torch.softmax(_op_args(unary, image)[0], 1), rtol=0,
                                atol=1e-6)

@@ -130,6 +130,11 @@ void check_mean_field_args(const at::Tensor& unary, at::TensorList vertex_index,
                      ": point_groups must be int32, got ", point_groups->scalar_type());
     TORCH_CHECK_VALUE(point_groups->device() == unary.device(), op, ": point_groups is on ",
                       point_groups->device(), " but unary on ", unary.device());
+    if (point_groups->numel() > 0) {
+      const auto [lo, hi] = at::aminmax(*point_groups);
+      TORCH_CHECK_VALUE(lo.item<int32_t>() >= 0 && hi.item<int32_t>() < point_groups->numel(),
+                        op, ": point_groups must be in [0, N*P)");
+    }
   }
   TORCH_CHECK_VALUE(iterations >= 0, op, ": iterations must be >= 0, got ", iterations);
   TORCH_CHECK_VALUE(normalization == "symmetric" || normalization == "after" ||

@@ -25,10 +25,10 @@ agree with pydensecrf's to float32 rounding (the lattice is the same). Differenc
 - Logistic unaries (``setUnaryEnergy(L, f)``, ``LogisticUnary``) raise ``NotImplementedError``.
 - An optional ``device`` (e.g. ``"cuda"``) runs everything there; inputs and outputs stay NumPy.
 
-Each pairwise term's lattice is built when it is added. On the CPU, ``inference`` runs the whole
-loop in the fused op :func:`deeplabv2_ext.densecrf.fused_mean_field` (what ``dense_crf`` runs)
-when all terms share one normalisation other than NORMALIZE_BEFORE; otherwise, on other devices
-and for the step-by-step API it goes through :class:`deeplabv2_ext.densecrf.PairwiseTerm` and
+Each pairwise term's lattice is built when it is added. ``inference`` runs the whole loop in the
+fused op :func:`deeplabv2_ext.densecrf.fused_mean_field` (what ``dense_crf`` runs; CPU and CUDA)
+when all terms share one normalisation other than NORMALIZE_BEFORE; otherwise, and for the
+step-by-step API, it goes through :class:`deeplabv2_ext.densecrf.PairwiseTerm` and
 :func:`deeplabv2_ext.densecrf.mean_field`.
 """
 from __future__ import annotations
@@ -317,8 +317,11 @@ class DenseCRF2D(DenseCRF):
         self._w = width
         self._h = height
 
-    def _point_groups(self) -> torch.Tensor:
-        """64 x 64 pixel tiles, the order ``dense_crf`` uses (keeps the loop's reads local)."""
+    def _point_groups(self) -> torch.Tensor | None:
+        """64 x 64 pixel tiles, the order ``dense_crf`` uses on the CPU (keeps the loop's reads
+        local)."""
+        if self.device.type != "cpu":
+            return None
         return _crf.pixel_tiles(1, self._h, self._w, self.device)
 
     def _xy(self, sxy) -> torch.Tensor:

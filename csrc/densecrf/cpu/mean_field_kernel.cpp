@@ -243,9 +243,6 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
   at::Tensor point_groups_in;
   if (point_groups.has_value() && point_groups->defined()) {
     point_groups_in = point_groups->contiguous();
-    const auto [lo, hi] = at::aminmax(point_groups_in);
-    TORCH_CHECK_VALUE(lo.item<int32_t>() >= 0 && hi.item<int32_t>() < points,
-                      "dense_crf_mean_field: point_groups must be in [0, N*P)");
   }
   // Loop order: by the largest lattice (identity when there is no kernel).
   cpu::ScratchArray<int32_t> position;

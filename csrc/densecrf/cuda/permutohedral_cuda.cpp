@@ -1,10 +1,18 @@
-// CUDA implementation of deeplabv2_ext::permutohedral_lattice / permutohedral_filter (glue).
+// CUDA implementation of deeplabv2_ext::permutohedral_lattice / permutohedral_filter /
+// dense_crf_mean_field (glue).
 //
 // Checks the arguments, makes the inputs contiguous, allocates outputs and workspaces, fills the
 // torch-free parameter structs of permutohedral_kernel.cuh and calls the launchers on the current
 // stream. The lattice build reads two int32 back to the host (error flag and M, one small
 // device-to-host copy that synchronises the stream) to allocate blur_neighbors [D+1, M, 2] and
 // splat_offsets [M+1]; the filter never synchronises (index validity is checked on the device).
+//
+// dense_crf_mean_field runs the whole loop from C++ on the stream: per kernel, once, the
+// normaliser (the filter of ones) folded with the Potts weight into separate splat and slice
+// weights; per iteration and kernel one filter launch sequence (splat, D+1 blurs, slice) whose
+// slice adds straight into the energy (Potts) or writes the filtered Q for one cuBLAS GEMM with
+// the message matrix; then ATen's softmax over labels. The argument checks read a few scalars
+// back to the host (lattice index ranges, the NaN/Inf check of unary, the Potts weights).
 #include "../permutohedral.h"
 #include "permutohedral_kernel.cuh"
 
@@ -16,6 +24,7 @@
 
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 namespace deeplabv2_ext::densecrf {
 namespace {
@@ -92,6 +101,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohe
   return {vertex_index, vertex_weight, blur_neighbors, splat_offsets, splat_entries};
 }
 
+// The FilterParams of one lattice (contiguous tensors, blur_neighbors 8-byte aligned) for
+// [N, P, V] values; values, output and workspace are left to the caller.
+FilterParams lattice_filter_params(const at::Tensor& index, const at::Tensor& weight,
+                                   const at::Tensor& neighbors, const at::Tensor& offsets,
+                                   const at::Tensor& entries, int64_t N, int64_t P, int64_t V) {
+  FilterParams p;
+  p.vertex_index = index.data_ptr<int32_t>();
+  p.vertex_weight = weight.data_ptr<float>();
+  p.blur_neighbors = neighbors.data_ptr<int32_t>();
+  p.splat_offsets = offsets.data_ptr<int32_t>();
+  p.splat_entries = entries.data_ptr<int32_t>();
+  p.N = N;
+  p.P = P;
+  p.V = V;
+  p.M = neighbors.size(1);
+  p.D = static_cast<int>(index.size(2) - 1);
+  return p;
+}
+
 at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor& vertex_index,
                                      const at::Tensor& vertex_weight,
                                      const at::Tensor& blur_neighbors,
@@ -121,19 +149,9 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
   const at::Tensor offsets = splat_offsets.contiguous();
   const at::Tensor entries = splat_entries.contiguous();
 
-  FilterParams p;
+  FilterParams p = lattice_filter_params(index, weight, neighbors, offsets, entries, N, P, V);
   p.values = in.data_ptr();
   p.output = out.data_ptr();
-  p.vertex_index = index.data_ptr<int32_t>();
-  p.vertex_weight = weight.data_ptr<float>();
-  p.blur_neighbors = neighbors.data_ptr<int32_t>();
-  p.splat_offsets = offsets.data_ptr<int32_t>();
-  p.splat_entries = entries.data_ptr<int32_t>();
-  p.N = N;
-  p.V = V;
-  p.P = P;
-  p.M = M;
-  p.D = d;
   p.reverse = reverse;
   p.dtype = in.scalar_type() == at::kDouble ? FilterDType::kFloat64 : FilterDType::kFloat32;
   at::Tensor workspace = make_workspace(filter_workspace_bytes(p), in);
@@ -144,10 +162,128 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
   return out;
 }
 
+// One pairwise kernel of the mean-field loop: its lattice (contiguous), the splat and slice
+// weights [N, P, D+1] with the normalisers (and, for Potts, the kernel weight) folded in, and its
+// filter workspace for L values per point.
+struct MeanFieldKernelCuda {
+  at::Tensor index, weight, neighbors, offsets, entries;
+  at::Tensor splat_weight, slice_weight, workspace;
+
+  FilterParams params(int64_t N, int64_t P, int64_t V) const {
+    return lattice_filter_params(index, weight, neighbors, offsets, entries, N, P, V);
+  }
+};
+
+MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
+                                      const at::Tensor& vertex_weight,
+                                      const at::Tensor& blur_neighbors,
+                                      const at::Tensor& splat_offsets,
+                                      const at::Tensor& splat_entries, int64_t N, int64_t P,
+                                      int64_t L, float potts_weight,
+                                      c10::string_view normalization, cudaStream_t stream) {
+  MeanFieldKernelCuda kernel;
+  kernel.index = vertex_index.contiguous();
+  kernel.weight = vertex_weight.contiguous();
+  kernel.neighbors = aligned_pairs(blur_neighbors);
+  kernel.offsets = splat_offsets.contiguous();
+  kernel.entries = splat_entries.contiguous();
+  check_lattice_ranges(kernel.index, kernel.neighbors, kernel.offsets, kernel.entries,
+                       "dense_crf_mean_field");
+  const int64_t d = kernel.index.size(2) - 1;
+  TORCH_CHECK_VALUE(N * P * (d + 1) <= kLatticeMaxEntries,
+                    "dense_crf_mean_field (CUDA): N * P * (D + 1) = ", N * P * (d + 1),
+                    " lattice entries exceed the supported ", kLatticeMaxEntries);
+  const at::Tensor& w = kernel.weight;  // [N, P, D+1]
+  if (normalization == "none") {
+    kernel.splat_weight = w;
+    kernel.slice_weight = w * potts_weight;
+  } else {
+    // The normaliser: the filter of ones (pydensecrf's norm_), one value per point.
+    const at::Tensor ones = at::ones({N, P, 1}, w.options());
+    at::Tensor response = at::empty_like(ones);
+    FilterParams p = kernel.params(N, P, 1);
+    p.values = ones.data_ptr();
+    p.output = response.data_ptr();
+    const at::Tensor workspace = make_workspace(filter_workspace_bytes(p), w);
+    p.workspace = workspace.data_ptr();
+    C10_CUDA_CHECK(launch_filter(p, stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    response.add_(1e-20);
+    if (normalization == "symmetric") {
+      const at::Tensor scale = response.rsqrt();
+      kernel.splat_weight = (w * scale).contiguous();
+      kernel.slice_weight = (w * scale * potts_weight).contiguous();
+    } else {  // "after"
+      kernel.splat_weight = w;
+      kernel.slice_weight = (w * response.reciprocal() * potts_weight).contiguous();
+    }
+  }
+  kernel.workspace = make_workspace(filter_workspace_bytes(kernel.params(N, P, L)), w);
+  return kernel;
+}
+
+at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList vertex_index,
+                                     at::TensorList vertex_weight, at::TensorList blur_neighbors,
+                                     at::TensorList splat_offsets, at::TensorList splat_entries,
+                                     const at::Tensor& compatibility,
+                                     const c10::optional<at::Tensor>& point_groups,
+                                     int64_t iterations, c10::string_view normalization) {
+  check_mean_field_args(unary, vertex_index, vertex_weight, blur_neighbors, splat_offsets,
+                        splat_entries, compatibility, point_groups, iterations, normalization);
+  TORCH_CHECK_VALUE(unary.is_cuda(), "dense_crf_mean_field: the CUDA kernel got unary on ",
+                    unary.device());
+  c10::cuda::CUDAGuard guard(unary.device());
+  const int64_t N = unary.size(0), L = unary.size(1), P = unary.size(2);
+  at::Tensor out = at::empty({N, L, P}, unary.options());
+  if (N * P == 0) return out;
+  TORCH_CHECK_VALUE(at::isfinite(unary).all().item<bool>(),
+                    "dense_crf_mean_field: unary contains NaN or Inf");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool potts = compatibility.dim() == 1;
+  // Potts weights are folded into the slice weights on the host side of the setup.
+  const at::Tensor potts_weights = potts ? compatibility.to(at::kCPU).contiguous() : at::Tensor();
+  const at::Tensor matrices = potts ? at::Tensor() : compatibility.contiguous();
+  std::vector<MeanFieldKernelCuda> kernels;
+  for (size_t k = 0; k < vertex_index.size(); ++k) {
+    kernels.push_back(mean_field_kernel(
+        vertex_index[k], vertex_weight[k], blur_neighbors[k], splat_offsets[k], splat_entries[k],
+        N, P, L, potts ? potts_weights.data_ptr<float>()[k] : 1.0f, normalization, stream));
+  }
+
+  const at::Tensor unary_points = unary.transpose(1, 2).contiguous();  // [N, P, L]
+  at::Tensor q = at::softmax(unary_points, -1);
+  at::Tensor energy = at::empty_like(unary_points);
+  at::Tensor filtered = potts ? at::Tensor() : at::empty_like(unary_points);
+  for (int64_t iteration = 0; iteration < iterations; ++iteration) {
+    energy.copy_(unary_points);
+    for (size_t k = 0; k < kernels.size(); ++k) {
+      const MeanFieldKernelCuda& kernel = kernels[k];
+      FilterParams p = kernel.params(N, P, L);
+      p.values = q.data_ptr();
+      p.splat_weight = kernel.splat_weight.data_ptr<float>();
+      p.slice_weight = kernel.slice_weight.data_ptr<float>();
+      p.workspace = kernel.workspace.data_ptr();
+      // Potts: energy += w * filter(Q) (w is in the slice weights); a matrix C:
+      // energy -= filter(Q) C^T.
+      p.output = potts ? energy.data_ptr() : filtered.data_ptr();
+      p.accumulate = potts;
+      C10_CUDA_CHECK(launch_filter(p, stream));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (!potts) {
+        energy.view({N * P, L}).addmm_(filtered.view({N * P, L}), matrices[k].t(), 1, -1);
+      }
+    }
+    at::softmax_out(q, energy, -1);
+  }
+  out.copy_(q.transpose(1, 2));
+  return out;
+}
+
 }  // namespace
 }  // namespace deeplabv2_ext::densecrf
 
 TORCH_LIBRARY_IMPL(deeplabv2_ext, CUDA, m) {
   m.impl("permutohedral_lattice", &deeplabv2_ext::densecrf::permutohedral_lattice_cuda);
   m.impl("permutohedral_filter", &deeplabv2_ext::densecrf::permutohedral_filter_cuda);
+  m.impl("dense_crf_mean_field", &deeplabv2_ext::densecrf::dense_crf_mean_field_cuda);
 }

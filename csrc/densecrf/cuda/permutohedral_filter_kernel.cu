@@ -17,7 +17,8 @@
 //            new[i, v] = old[i, v] + 0.5 * (old[n1, v] + old[n2, v]),  missing neighbour = 0,
 //          the v2 code's arithmetic.
 //   slice  (point t, v): out[t, v] = sum_r (w_r * alpha) * lattice[idx_r, v], r = 0..D, in the CPU
-//          op's order and rounding (alpha = slice_alpha(D)).
+//          op's order and rounding (alpha = slice_alpha(D)); with `accumulate`, out[t, v] += it.
+//   The splat and the slice read p.splat_weight / p.slice_weight when set (else vertex_weight).
 // Launches per filter: 1 splat + (D+1) blur + 1 slice.
 //
 // Known performance limit: a vertex touched by very many entries (flat image regions under the
@@ -135,7 +136,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     slice_kernel(const T* __restrict__ lattice, const int32_t* __restrict__ vertex_index,
                  const float* __restrict__ vertex_weight, int64_t points, int64_t V, int64_t M,
-                 int d, T alpha, T* __restrict__ out) {
+                 int d, T alpha, bool accumulate, T* __restrict__ out) {
   const int64_t total = points * V;
   const bool small = total <= int64_t(UINT32_MAX);
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
@@ -152,7 +153,7 @@ __global__ void __launch_bounds__(kThreads)
       const T w = mul_rn(static_cast<T>(__ldg(vertex_weight + base + r)), alpha);
       acc = add_rn(acc, mul_rn(w, __ldg(lattice + static_cast<int64_t>(id) * V + v)));
     }
-    out[idx] = acc;
+    out[idx] = accumulate ? add_rn(out[idx], acc) : acc;
   }
 }
 
@@ -165,8 +166,8 @@ cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
   const int64_t entries = points * (p.D + 1);
 
   splat_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
-      static_cast<const T*>(p.values), p.vertex_weight, p.splat_offsets, p.splat_entries, p.M,
-      p.V, p.D, entries, buf[0]);
+      static_cast<const T*>(p.values), p.splat_weight ? p.splat_weight : p.vertex_weight,
+      p.splat_offsets, p.splat_entries, p.M, p.V, p.D, entries, buf[0]);
   cudaError_t err = cudaPeekAtLastError();
   if (err != cudaSuccess) return err;
 
@@ -183,8 +184,8 @@ cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
 
   const T alpha = static_cast<T>(slice_alpha(p.D));
   slice_kernel<T><<<blocks_for(points * p.V), kThreads, 0, stream>>>(
-      buf[cur], p.vertex_index, p.vertex_weight, points, p.V, p.M, p.D, alpha,
-      static_cast<T*>(p.output));
+      buf[cur], p.vertex_index, p.slice_weight ? p.slice_weight : p.vertex_weight, points, p.V,
+      p.M, p.D, alpha, p.accumulate, static_cast<T*>(p.output));
   return cudaPeekAtLastError();
 }
 

@@ -24,7 +24,8 @@
 // Filter: launch_filter splats values [N, P, V] (point-major) onto the lattice as a gather over
 //   the splat plan, blurs along the D+1 axes and slices back to [N, P, V], with two [M, V]
 //   lattice buffers (float32 values: float32 buffers; float64: float64) carved from the workspace
-//   (filter_workspace_bytes).
+//   (filter_workspace_bytes). The splat and the slice may use their own weights, and the slice
+//   may add to the output (what the mean-field loop needs).
 //
 // Index validity: the filter kernels check every index they read (vertex_index and splat_entries
 // in range, blur_neighbors in [-1, M), splat_offsets non-decreasing within [0, N*P*(D+1)]) and
@@ -90,6 +91,12 @@ struct FilterParams {
   void* output = nullptr;                 // [N, P, V], same dtype
   const int32_t* vertex_index = nullptr;  // [N, P, D+1]
   const float* vertex_weight = nullptr;   // [N, P, D+1]
+  // Optional per-entry weights [N, P, D+1] used instead of vertex_weight by the splat / the
+  // slice (nullptr: vertex_weight): the mean-field op folds the normalisers and the Potts weight
+  // into them.
+  const float* splat_weight = nullptr;
+  const float* slice_weight = nullptr;
+  bool accumulate = false;  // the slice adds to output instead of overwriting it
   const int32_t* blur_neighbors = nullptr;  // [D+1, M, 2]
   const int32_t* splat_offsets = nullptr;   // [M+1]
   const int32_t* splat_entries = nullptr;   // [N*P*(D+1)]
