@@ -232,6 +232,26 @@ def test_iterations_zero_is_softmax_and_outputs_are_distributions():
     torch.testing.assert_close(q.sum(1), torch.ones(1, 20, 30), atol=1e-5, rtol=0)
 
 
+def test_gaussian_lattice_is_reused_for_one_size():
+    """The Gaussian kernel's lattice depends only on (N, H, W, sxy, device): a second call on an
+    image of the same size reuses it, and the result equals a call with a freshly built one."""
+    from deeplabv2_ext import densecrf
+
+    img_a, img_b = photo("astronaut", 23, 29), photo("coffee", 23, 29)
+    u_a, u_b = realistic_unary(img_a, 4).unsqueeze(0), realistic_unary(img_b, 4).unsqueeze(0)
+    densecrf._cached_gaussian_lattice.cache_clear()
+    with torch.no_grad():
+        first = deeplabv2_ext.dense_crf(u_a, hwc_to_nchw(img_a), 3)
+        second = deeplabv2_ext.dense_crf(u_b, hwc_to_nchw(img_b), 3)
+        assert densecrf._cached_gaussian_lattice.cache_info().hits == 1
+        densecrf._cached_gaussian_lattice.cache_clear()
+        fresh = deeplabv2_ext.dense_crf(u_b, hwc_to_nchw(img_b), 3)
+        other_size = deeplabv2_ext.dense_crf(u_b[..., :20], hwc_to_nchw(img_b)[..., :20], 3)
+    assert torch.equal(second, fresh)
+    assert densecrf._cached_gaussian_lattice.cache_info().misses == 2
+    assert first.shape == second.shape and other_size.shape == (1, 4, 23, 20)
+
+
 def test_single_label():
     img = photo("coffee", 9, 11)
     q = deeplabv2_ext.dense_crf(torch.randn(2, 1, 9, 11), hwc_to_nchw(img).expand(2, 3, 9, 11), 5)

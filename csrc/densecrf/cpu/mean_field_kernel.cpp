@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../permutohedral.h"
@@ -172,27 +173,36 @@ void for_each_point_block(int64_t N, int64_t P, const Block& block) {
   });
 }
 
+// Whether some value of x[0, count) is a NaN or an infinity (exponent bits all ones); an
+// integer test, so that the loop vectorises.
+bool has_non_finite(const float* x, int64_t count) {
+  uint32_t found = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    found |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return found != 0;
+}
+
 // Copies unary [N, L, P] into the loop's rows [points, lanes] (row position[n * P + p], lanes
-// beyond L zero). Returns false when unary has a NaN or an infinity (checked on the way: the
-// sum of x * 0 over a block is NaN exactly when one of its x is not finite).
+// beyond L zero). Returns false when unary has a NaN or an infinity (checked on the way).
 bool unary_to_rows(const float* unary, int64_t N, int64_t P, int labels, int lanes,
                    const int32_t* position, float* rows) {
   std::atomic<bool> finite{true};
   for_each_point_block(N, P, [&](int64_t n, int64_t first, int64_t count) {
-    const int32_t* block_position = position + n * P + first;
-    float nan_if_not_finite = 0.0f;
+    float* row[kCopyBlock];
+    for (int64_t i = 0; i < count; ++i) {
+      row[i] = rows + static_cast<int64_t>(position[n * P + first + i]) * lanes;
+      std::fill_n(row[i] + labels, lanes - labels, 0.0f);
+    }
+    bool block_finite = true;
     for (int l = 0; l < labels; ++l) {
       const float* src = unary + (n * labels + l) * P + first;
-      for (int64_t i = 0; i < count; ++i) {
-        rows[static_cast<int64_t>(block_position[i]) * lanes + l] = src[i];
-        nan_if_not_finite += src[i] * 0.0f;
-      }
+      for (int64_t i = 0; i < count; ++i) row[i][l] = src[i];
+      block_finite &= !has_non_finite(src, count);
     }
-    for (int64_t i = 0; i < count; ++i) {
-      std::fill_n(rows + static_cast<int64_t>(block_position[i]) * lanes + labels,
-                  lanes - labels, 0.0f);
-    }
-    if (std::isnan(nan_if_not_finite)) finite.store(false, std::memory_order_relaxed);
+    if (!block_finite) finite.store(false, std::memory_order_relaxed);
   });
   return finite.load();
 }
@@ -201,12 +211,13 @@ bool unary_to_rows(const float* unary, int64_t N, int64_t P, int labels, int lan
 void rows_to_output(const float* rows, int64_t N, int64_t P, int labels, int lanes,
                     const int32_t* position, float* out) {
   for_each_point_block(N, P, [&](int64_t n, int64_t first, int64_t count) {
-    const int32_t* block_position = position + n * P + first;
+    const float* row[kCopyBlock];
+    for (int64_t i = 0; i < count; ++i) {
+      row[i] = rows + static_cast<int64_t>(position[n * P + first + i]) * lanes;
+    }
     for (int l = 0; l < labels; ++l) {
       float* dst = out + (n * labels + l) * P + first;
-      for (int64_t i = 0; i < count; ++i) {
-        dst[i] = rows[static_cast<int64_t>(block_position[i]) * lanes + l];
-      }
+      for (int64_t i = 0; i < count; ++i) dst[i] = row[i][l];
     }
   });
 }
