@@ -7,7 +7,8 @@
 // device-to-host copy that synchronises the stream) to allocate blur_neighbors [D+1, M, 2] and
 // splat_offsets [M+1]; the filter never synchronises (index validity is checked on the device).
 //
-// dense_crf_mean_field runs the whole loop from C++ on the stream: per kernel, once, the
+// dense_crf_mean_field runs the whole loop from C++ on the stream: per kernel, once, a chunked
+// splat plan (no thread walks more than kSplatChunk entries of a vertex list) and the
 // normaliser (the filter of ones) folded with the Potts weight into separate splat and slice
 // weights; per iteration and kernel one filter launch sequence (splat, D+1 blurs, slice) whose
 // slice adds straight into the energy (Potts) or writes the filtered Q for one cuBLAS GEMM with
@@ -162,17 +163,39 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
   return out;
 }
 
-// One pairwise kernel of the mean-field loop: its lattice (contiguous), the splat and slice
-// weights [N, P, D+1] with the normalisers (and, for Potts, the kernel weight) folded in, and its
-// filter workspace for L values per point.
+// One pairwise kernel of the mean-field loop: its lattice (contiguous), its chunked splat plan,
+// the splat and slice weights [N, P, D+1] with the normalisers (and, for Potts, the kernel
+// weight) folded in, and its filter workspace and chunk partials for L values per point.
 struct MeanFieldKernelCuda {
   at::Tensor index, weight, neighbors, offsets, entries;
-  at::Tensor splat_weight, slice_weight, workspace;
+  at::Tensor chunk_start, chunk_vertex;
+  at::Tensor splat_weight, slice_weight, workspace, partials;
 
-  FilterParams params(int64_t N, int64_t P, int64_t V) const {
-    return lattice_filter_params(index, weight, neighbors, offsets, entries, N, P, V);
+  // The filter of values [N, P, V] with the chunked splat (`partials`: [chunks, V]).
+  FilterParams params(int64_t N, int64_t P, int64_t V, const at::Tensor& chunk_partials) const {
+    FilterParams p = lattice_filter_params(index, weight, neighbors, offsets, entries, N, P, V);
+    p.chunk_start = chunk_start.data_ptr<int32_t>();
+    p.chunk_vertex = chunk_vertex.data_ptr<int32_t>();
+    p.chunks = chunk_vertex.size(0);
+    p.chunk_partials = chunk_partials.data_ptr();
+    return p;
   }
 };
+
+// The chunked splat plan of a lattice with splat_offsets `offsets` [M+1]: every vertex list cut
+// into ceil(length / kSplatChunk) chunks (at least one), chunk_start [M+1] and chunk_vertex
+// [chunks] (see FilterParams).
+void build_chunk_plan(MeanFieldKernelCuda& kernel) {
+  const int64_t M = kernel.offsets.size(0) - 1;
+  const at::Tensor lengths = kernel.offsets.narrow(0, 1, M) - kernel.offsets.narrow(0, 0, M);
+  const at::Tensor counts =
+      at::clamp_min(at::floor_divide(lengths.to(at::kLong) + (kSplatChunk - 1), kSplatChunk), 1);
+  kernel.chunk_start = at::cat({at::zeros({1}, counts.options()), at::cumsum(counts, 0)})
+                           .to(at::kInt);
+  const int64_t chunks = kernel.chunk_start[M].item<int32_t>();  // synchronises
+  kernel.chunk_vertex =
+      at::repeat_interleave(at::arange(M, counts.options()), counts, 0, chunks).to(at::kInt);
+}
 
 MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
                                       const at::Tensor& vertex_weight,
@@ -193,6 +216,7 @@ MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
   TORCH_CHECK_VALUE(N * P * (d + 1) <= kLatticeMaxEntries,
                     "dense_crf_mean_field (CUDA): N * P * (D + 1) = ", N * P * (d + 1),
                     " lattice entries exceed the supported ", kLatticeMaxEntries);
+  build_chunk_plan(kernel);
   const at::Tensor& w = kernel.weight;  // [N, P, D+1]
   if (normalization == "none") {
     kernel.splat_weight = w;
@@ -201,7 +225,8 @@ MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
     // The normaliser: the filter of ones (pydensecrf's norm_), one value per point.
     const at::Tensor ones = at::ones({N, P, 1}, w.options());
     at::Tensor response = at::empty_like(ones);
-    FilterParams p = kernel.params(N, P, 1);
+    const at::Tensor response_partials = at::empty({kernel.chunk_vertex.size(0), 1}, w.options());
+    FilterParams p = kernel.params(N, P, 1, response_partials);
     p.values = ones.data_ptr();
     p.output = response.data_ptr();
     const at::Tensor workspace = make_workspace(filter_workspace_bytes(p), w);
@@ -218,7 +243,9 @@ MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
       kernel.slice_weight = (w * response.reciprocal() * potts_weight).contiguous();
     }
   }
-  kernel.workspace = make_workspace(filter_workspace_bytes(kernel.params(N, P, L)), w);
+  kernel.partials = at::empty({kernel.chunk_vertex.size(0), L}, w.options());
+  kernel.workspace =
+      make_workspace(filter_workspace_bytes(kernel.params(N, P, L, kernel.partials)), w);
   return kernel;
 }
 
@@ -258,7 +285,7 @@ at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList ver
     energy.copy_(unary_points);
     for (size_t k = 0; k < kernels.size(); ++k) {
       const MeanFieldKernelCuda& kernel = kernels[k];
-      FilterParams p = kernel.params(N, P, L);
+      FilterParams p = kernel.params(N, P, L, kernel.partials);
       p.values = q.data_ptr();
       p.splat_weight = kernel.splat_weight.data_ptr<float>();
       p.slice_weight = kernel.slice_weight.data_ptr<float>();

@@ -19,12 +19,17 @@
 //   slice  (point t, v): out[t, v] = sum_r (w_r * alpha) * lattice[idx_r, v], r = 0..D, in the CPU
 //          op's order and rounding (alpha = slice_alpha(D)); with `accumulate`, out[t, v] += it.
 //   The splat and the slice read p.splat_weight / p.slice_weight when set (else vertex_weight).
-// Launches per filter: 1 splat + (D+1) blur + 1 slice.
+//   chunked splat (when the caller passes a chunk plan, see FilterParams): pass 1 sums every
+//          chunk of at most kSplatChunk entries of a vertex list into chunk_partials [chunks, V],
+//          pass 2 sums each vertex's chunks in order, so that no thread walks a list of
+//          thousands of entries.
+// Launches per filter: 1 splat (2 when chunked) + (D+1) blur + 1 slice.
 //
-// Known performance limit: a vertex touched by very many entries (flat image regions under the
-// bilateral kernel: thousands) is summed sequentially by its V threads; the longest list bounds
-// the splat's time. If that shows up on a GPU, split long lists into fixed chunks with a
-// deterministic fix-up pass (the order then differs from the CPU op by rounding only).
+// Known performance limit of the unchunked splat (the one the filter op uses): a vertex touched
+// by very many entries (flat image regions under the bilateral kernel: up to 18935 of the
+// 1.57 million entries at 512x512 on skimage's astronaut with sxy 121, srgb 5) is summed
+// sequentially by its V threads; the longest list bounds the splat's time. The mean-field op
+// passes a chunk plan instead.
 //
 // Index checks: out-of-range vertex_index / splat_entries, blur_neighbors outside [-1, M), or
 // splat_offsets that decrease or leave [0, N*P*(D+1)] __trap() (device-side assert) instead of
@@ -68,6 +73,42 @@ __device__ __forceinline__ void split_index(int64_t idx, int64_t V, bool small, 
   }
 }
 
+// sum over k in [k0, k1) of w[e_k] * values[e_k / (D+1), v], e_k = splat_entries[k], in
+// increasing k with round-to-nearest multiply and add; 4 entries at a time with the loads
+// issued first (memory-level parallelism inside a long list).
+template <typename T>
+__device__ __forceinline__ T sum_entries(const T* __restrict__ values,
+                                         const float* __restrict__ vertex_weight,
+                                         const int32_t* __restrict__ splat_entries, int64_t k0,
+                                         int64_t k1, int64_t V, int64_t v, uint32_t dp1,
+                                         int64_t entries) {
+  T acc = T(0);
+  int64_t k = k0;
+  for (; k + kSplatUnroll <= k1; k += kSplatUnroll) {
+    uint32_t e[kSplatUnroll];
+    T w[kSplatUnroll], x[kSplatUnroll];
+#pragma unroll
+    for (int j = 0; j < kSplatUnroll; ++j) {
+      e[j] = static_cast<uint32_t>(__ldg(splat_entries + k + j));
+      if (e[j] >= static_cast<uint64_t>(entries)) __trap();
+    }
+#pragma unroll
+    for (int j = 0; j < kSplatUnroll; ++j) {
+      w[j] = static_cast<T>(__ldg(vertex_weight + e[j]));
+      x[j] = __ldg(values + static_cast<int64_t>(e[j] / dp1) * V + v);
+    }
+#pragma unroll
+    for (int j = 0; j < kSplatUnroll; ++j) acc = add_rn(acc, mul_rn(w[j], x[j]));
+  }
+  for (; k < k1; ++k) {
+    const uint32_t e = static_cast<uint32_t>(__ldg(splat_entries + k));
+    if (e >= static_cast<uint64_t>(entries)) __trap();
+    const T w = static_cast<T>(__ldg(vertex_weight + e));
+    acc = add_rn(acc, mul_rn(w, __ldg(values + static_cast<int64_t>(e / dp1) * V + v)));
+  }
+  return acc;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     splat_kernel(const T* __restrict__ values, const float* __restrict__ vertex_weight,
@@ -84,30 +125,57 @@ __global__ void __launch_bounds__(kThreads)
     const int32_t k0 = __ldg(splat_offsets + i);
     const int32_t k1 = __ldg(splat_offsets + i + 1);
     if (k0 < 0 || k1 < k0 || k1 > entries) __trap();
+    lattice[idx] = sum_entries(values, vertex_weight, splat_entries, k0, k1, V, v, dp1, entries);
+  }
+}
+
+// Chunked splat, pass 1, thread (chunk g, v): the sum over chunk g's at most kSplatChunk
+// entries of its vertex's list.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    splat_chunk_kernel(const T* __restrict__ values, const float* __restrict__ vertex_weight,
+                       const int32_t* __restrict__ splat_offsets,
+                       const int32_t* __restrict__ splat_entries,
+                       const int32_t* __restrict__ chunk_start,
+                       const int32_t* __restrict__ chunk_vertex, int64_t chunks, int64_t M,
+                       int64_t V, int d, int64_t entries, T* __restrict__ partials) {
+  const int64_t total = chunks * V;
+  const bool small = total <= int64_t(UINT32_MAX);
+  const uint32_t dp1 = static_cast<uint32_t>(d + 1);
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t g, v;
+    split_index(idx, V, small, g, v);
+    const int32_t i = __ldg(chunk_vertex + g);
+    if (i < 0 || i >= M) __trap();
+    const int32_t first_chunk = __ldg(chunk_start + i);
+    const int32_t list_begin = __ldg(splat_offsets + i);
+    const int32_t list_end = __ldg(splat_offsets + i + 1);
+    if (list_begin < 0 || list_end < list_begin || list_end > entries || g < first_chunk) __trap();
+    const int64_t k0 = list_begin + (g - first_chunk) * int64_t(kSplatChunk);
+    if (k0 > list_end) __trap();  // more chunks than the list needs: an invalid plan
+    const int64_t k1 = k0 + kSplatChunk < list_end ? k0 + kSplatChunk : list_end;
+    partials[idx] = sum_entries(values, vertex_weight, splat_entries, k0, k1, V, v, dp1, entries);
+  }
+}
+
+// Chunked splat, pass 2, thread (vertex i, v): the sum of vertex i's chunks, in order.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    splat_chunk_sum_kernel(const T* __restrict__ partials,
+                           const int32_t* __restrict__ chunk_start, int64_t chunks, int64_t M,
+                           int64_t V, T* __restrict__ lattice) {
+  const int64_t total = M * V;
+  const bool small = total <= int64_t(UINT32_MAX);
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t i, v;
+    split_index(idx, V, small, i, v);
+    const int32_t g0 = __ldg(chunk_start + i);
+    const int32_t g1 = __ldg(chunk_start + i + 1);
+    if (g0 < 0 || g1 < g0 || g1 > chunks) __trap();
     T acc = T(0);
-    int32_t k = k0;
-    for (; k + kSplatUnroll <= k1; k += kSplatUnroll) {
-      uint32_t e[kSplatUnroll];
-      T w[kSplatUnroll], x[kSplatUnroll];
-#pragma unroll
-      for (int j = 0; j < kSplatUnroll; ++j) {
-        e[j] = static_cast<uint32_t>(__ldg(splat_entries + k + j));
-        if (e[j] >= static_cast<uint64_t>(entries)) __trap();
-      }
-#pragma unroll
-      for (int j = 0; j < kSplatUnroll; ++j) {
-        w[j] = static_cast<T>(__ldg(vertex_weight + e[j]));
-        x[j] = __ldg(values + static_cast<int64_t>(e[j] / dp1) * V + v);
-      }
-#pragma unroll
-      for (int j = 0; j < kSplatUnroll; ++j) acc = add_rn(acc, mul_rn(w[j], x[j]));
-    }
-    for (; k < k1; ++k) {
-      const uint32_t e = static_cast<uint32_t>(__ldg(splat_entries + k));
-      if (e >= static_cast<uint64_t>(entries)) __trap();
-      const T w = static_cast<T>(__ldg(vertex_weight + e));
-      acc = add_rn(acc, mul_rn(w, __ldg(values + static_cast<int64_t>(e / dp1) * V + v)));
-    }
+    for (int32_t g = g0; g < g1; ++g) acc = add_rn(acc, __ldg(partials + g * V + v));
     lattice[idx] = acc;
   }
 }
@@ -165,9 +233,21 @@ cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
   const int64_t points = p.N * p.P;
   const int64_t entries = points * (p.D + 1);
 
-  splat_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
-      static_cast<const T*>(p.values), p.splat_weight ? p.splat_weight : p.vertex_weight,
-      p.splat_offsets, p.splat_entries, p.M, p.V, p.D, entries, buf[0]);
+  const float* splat_weight = p.splat_weight ? p.splat_weight : p.vertex_weight;
+  if (p.chunk_start == nullptr) {
+    splat_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
+        static_cast<const T*>(p.values), splat_weight, p.splat_offsets, p.splat_entries, p.M,
+        p.V, p.D, entries, buf[0]);
+  } else {
+    T* partials = static_cast<T*>(p.chunk_partials);
+    splat_chunk_kernel<T><<<blocks_for(p.chunks * p.V), kThreads, 0, stream>>>(
+        static_cast<const T*>(p.values), splat_weight, p.splat_offsets, p.splat_entries,
+        p.chunk_start, p.chunk_vertex, p.chunks, p.M, p.V, p.D, entries, partials);
+    cudaError_t err = cudaPeekAtLastError();
+    if (err != cudaSuccess) return err;
+    splat_chunk_sum_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
+        partials, p.chunk_start, p.chunks, p.M, p.V, buf[0]);
+  }
   cudaError_t err = cudaPeekAtLastError();
   if (err != cudaSuccess) return err;
 
@@ -205,7 +285,10 @@ cudaError_t launch_filter(const FilterParams& p, cudaStream_t stream) {
       p.N * p.P * (p.D + 1) > kLatticeMaxEntries || p.values == nullptr ||
       p.output == nullptr || p.vertex_index == nullptr || p.vertex_weight == nullptr ||
       p.blur_neighbors == nullptr || p.splat_offsets == nullptr || p.splat_entries == nullptr ||
-      p.workspace == nullptr) {
+      p.workspace == nullptr ||
+      (p.chunk_start != nullptr &&
+       (p.chunk_vertex == nullptr || p.chunk_partials == nullptr || p.chunks < p.M ||
+        p.chunks > kLatticeMaxEntries + p.M))) {
     return cudaErrorInvalidValue;
   }
   switch (p.dtype) {
