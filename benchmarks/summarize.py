@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turn a pytest-benchmark JSON file (from benchmarks/test_bench_aspp.py) into a markdown table.
+"""Markdown tables from pytest-benchmark JSON files (test_bench_aspp.py, test_bench_densecrf.py).
 
     python benchmarks/summarize.py bench_gpu.json [more.json ...] [-o bench_gpu.md] [--merge-json all.json]
 
@@ -132,7 +132,9 @@ def main(argv=None):
     if args.merge_json:
         with open(args.merge_json, "w") as f:
             json.dump(data, f, indent=1)
-    title = "ASPP benchmark"
+    groups = {b.get("group") or "" for b in data.get("benchmarks", [])}
+    kinds = sorted({"DenseCRF" if g.startswith("crf-") else "ASPP" for g in groups if g})
+    title = " and ".join(kinds or ["ASPP"]) + " benchmark"
     info = data.get("machine_info") or {}
     dev = next((b.get("extra_info", {}).get("device_name") for b in data.get("benchmarks", [])), None)
     text = format_markdown(records_from_json(data), title)

@@ -427,7 +427,7 @@ def fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
     compatibility is a Potts weight w (a number or a 0-dim tensor: message ``-w · K(Q)``) or an
     [L, L] message matrix (as returned by ``compatibility_matrix``). ``point_groups`` [N*P]
     int32 (e.g. ``pixel_tiles``) sets the order the CPU loop visits points in; it changes
-    speed, not the result (ignored on other devices)."""
+    speed, not the result (the CUDA op only checks it)."""
     labels = unary.shape[1]
 
     def is_potts(c: float | Tensor) -> bool:
@@ -444,8 +444,6 @@ def fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
         kernel_compatibility = torch.stack([
             compatibility_matrix(as_tensor(c), labels, unary.device, torch.float32)
             if is_potts(c) else as_tensor(c) for c in compatibilities])
-    if unary.device.type != "cpu":
-        point_groups = None
     lattice_lists = [list(field) for field in zip(*lattices)] if lattices else [[]] * 5
     return torch.ops.deeplabv2_ext.dense_crf_mean_field(
         unary, *lattice_lists, kernel_compatibility, point_groups, iterations, normalization)

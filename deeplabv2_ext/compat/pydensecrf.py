@@ -234,7 +234,7 @@ class DenseCRF:
         with torch.no_grad():
             if (_crf.fused_mean_field_supports(self.device, self._nlabel)
                     and len(normalizations) <= 1 and "before" not in normalizations):
-                # The whole loop in one op (what dense_crf runs on the CPU).
+                # The whole loop in one op (what dense_crf runs).
                 q = _crf.fused_mean_field(
                     self._unary, [p.lattice for p in self._pairwise],
                     [p.compatibility if isinstance(p.compatibility, float)
