@@ -28,7 +28,8 @@
 //                        Tensor[] splat_entries, Tensor compatibility, Tensor? point_groups,
 //                        int iterations, str normalization) -> Tensor
 //     The whole mean-field inference of the dense CRF (no autograd; inference only):
-//     unary [N, L, P] float32 (pydensecrf's -U, label-major: an NCHW tensor with H*W flattened),
+//     unary [N, L, P] float32 (pydensecrf's -U, label-major: an NCHW tensor with H*W flattened;
+//     a NaN or an infinity raises),
 //     one lattice per pairwise kernel
 //     (K lists of the permutohedral_lattice outputs), compatibility [K] Potts weights
 //     (energy += w_k filter_k(Q)) or [K, L, L] message matrices (energy -= C_k filter_k(Q)),

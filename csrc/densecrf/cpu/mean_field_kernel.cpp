@@ -12,7 +12,8 @@
 //     its weight, times the normaliser for "symmetric") and a slice plan (per point its d+1
 //     vertices and weights times the slice constant, the normaliser and, for Potts, the weight).
 // unary [N, L, P] (label-major, NCHW flattened) is copied into [points, lanes] rows in the loop's
-// order in blocks of points (so neither side is read with a large stride), and Q is copied back
+// order in blocks of points (so neither side is read with a large stride; the copy also checks
+// that unary is finite), and Q is copied back
 // the same way into [N, L, P]. Scratch arrays are ScratchArrays (huge pages; see
 // scratch_array.h).
 // Then lattice_loops_impl.h runs Q = softmax(unary) and `iterations` times: splat and blur
