@@ -44,6 +44,8 @@ _MEAN_FIELD_MAX_LABELS = 256  # kMeanFieldMaxLabels of the C++ op
 # The fused CPU loop visits pixels in 64x64 blocks (and, inside a block, in bilateral-lattice
 # order), which keeps the Gaussian kernel's reads local (measured ~15% per iteration at 512²).
 _LOOP_TILE = 64
+# The largest batch of points whose Gaussian lattice is kept between calls (~170 MB).
+_GAUSSIAN_LATTICE_CACHE_POINTS = 1 << 22
 
 
 class PermutohedralLattice(NamedTuple):
@@ -252,9 +254,10 @@ def gaussian_features(batch: int, height: int, width: int, sxy: float,
 def gaussian_lattice(batch: int, height: int, width: int, sxy: float,
                      device: torch.device) -> PermutohedralLattice:
     """The lattice of ``gaussian_features``. It depends only on the sizes, ``sxy`` and the
-    device, so the last one built is kept (``_cached_gaussian_lattice.cache_clear()`` frees it):
-    calls on images of one size build it once (35 ms at 512x512 on one CPU core)."""
-    if torch.compiler.is_compiling():
+    device, so the last one built for at most 2^22 points (about 40 bytes each) is kept
+    (``_cached_gaussian_lattice.cache_clear()`` frees it): calls on images of one size build it
+    once (35 ms at 512x512 on one CPU core)."""
+    if torch.compiler.is_compiling() or batch * height * width > _GAUSSIAN_LATTICE_CACHE_POINTS:
         return build_lattice(gaussian_features(batch, height, width, sxy, device))
     return _cached_gaussian_lattice(batch, height, width, float(sxy), torch.device(device))
 

@@ -252,6 +252,17 @@ def test_gaussian_lattice_is_reused_for_one_size():
     assert first.shape == second.shape and other_size.shape == (1, 4, 23, 20)
 
 
+def test_large_gaussian_lattices_are_not_kept(monkeypatch):
+    from deeplabv2_ext import densecrf
+
+    monkeypatch.setattr(densecrf, "_GAUSSIAN_LATTICE_CACHE_POINTS", 23 * 29 - 1)
+    densecrf._cached_gaussian_lattice.cache_clear()
+    img = photo("chelsea", 23, 29)
+    with torch.no_grad():
+        deeplabv2_ext.dense_crf(realistic_unary(img, 3).unsqueeze(0), hwc_to_nchw(img), 2)
+    assert densecrf._cached_gaussian_lattice.cache_info().currsize == 0
+
+
 def test_single_label():
     img = photo("coffee", 9, 11)
     q = deeplabv2_ext.dense_crf(torch.randn(2, 1, 9, 11), hwc_to_nchw(img).expand(2, 3, 9, 11), 5)
