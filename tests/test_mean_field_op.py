@@ -65,15 +65,19 @@ def test_fused_matches_differentiable_path(labels, normalization, device):
 
 @pytest.mark.cuda
 def test_cuda_fused_matches_cpu_fused():
-    image = photo_batch(3, 64, 80)
-    unary = smooth_unary(3, 21, 64, 80)
-    for params in (dict(), dict(normalization="after"),
-                   dict(compatibility=0.3 * torch.randn(21, 21) - torch.eye(21))):
-        cpu = fused_path(unary, image, 10, **params)
-        gpu = fused_path(unary.cuda(), image.cuda(), 10,
-                         **{k: v.cuda() if isinstance(v, torch.Tensor) else v
-                            for k, v in params.items()})
-        torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)
+    """The CUDA op against the CPU op, on photos and on a constant-colour image (one bilateral
+    vertex list of thousands of entries: the chunked splat's long-list path)."""
+    photos = photo_batch(3, 64, 80)
+    flat = torch.full((1, 3, 100, 120), 90, dtype=torch.uint8)
+    for image in (photos, flat):
+        unary = smooth_unary(image.shape[0], 21, *image.shape[2:])
+        for params in (dict(), dict(normalization="after"),
+                       dict(compatibility=0.3 * torch.randn(21, 21) - torch.eye(21))):
+            cpu = fused_path(unary, image, 10, **params)
+            gpu = fused_path(unary.cuda(), image.cuda(), 10,
+                             **{k: v.cuda() if isinstance(v, torch.Tensor) else v
+                                for k, v in params.items()})
+            torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
