@@ -23,6 +23,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <tuple>
 #include <vector>
@@ -163,38 +164,45 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
   return out;
 }
 
-// One pairwise kernel of the mean-field loop: its lattice (contiguous), its chunked splat plan,
-// the splat and slice weights [N, P, D+1] with the normalisers (and, for Potts, the kernel
-// weight) folded in, and its filter workspace and chunk partials for L values per point.
+// One pairwise kernel of the mean-field loop: its lattice (contiguous), its chunked splat plan
+// (undefined when no vertex list is longer than kSplatChunk), and the splat and slice weights
+// [N, P, D+1] with the normalisers (and, for Potts, the kernel weight) folded in.
 struct MeanFieldKernelCuda {
   at::Tensor index, weight, neighbors, offsets, entries;
   at::Tensor chunk_start, chunk_vertex;
-  at::Tensor splat_weight, slice_weight, workspace, partials;
+  at::Tensor splat_weight, slice_weight;
 
-  // The filter of values [N, P, V] with the chunked splat (`partials`: [chunks, V]).
+  int64_t chunks() const { return chunk_vertex.defined() ? chunk_vertex.size(0) : 0; }
+
+  // The filter of values [N, P, V]; `chunk_partials` is a [chunks(), V] buffer (unused when
+  // there is no chunk plan). values, output, workspace and the weights are left to the caller.
   FilterParams params(int64_t N, int64_t P, int64_t V, const at::Tensor& chunk_partials) const {
     FilterParams p = lattice_filter_params(index, weight, neighbors, offsets, entries, N, P, V);
-    p.chunk_start = chunk_start.data_ptr<int32_t>();
-    p.chunk_vertex = chunk_vertex.data_ptr<int32_t>();
-    p.chunks = chunk_vertex.size(0);
-    p.chunk_partials = chunk_partials.data_ptr();
+    if (chunk_vertex.defined()) {
+      p.chunk_start = chunk_start.data_ptr<int32_t>();
+      p.chunk_vertex = chunk_vertex.data_ptr<int32_t>();
+      p.chunks = chunks();
+      p.chunk_partials = chunk_partials.data_ptr();
+    }
     return p;
   }
 };
 
 // The chunked splat plan of a lattice with splat_offsets `offsets` [M+1]: every vertex list cut
 // into ceil(length / kSplatChunk) chunks (at least one), chunk_start [M+1] and chunk_vertex
-// [chunks] (see FilterParams).
+// [chunks] (see FilterParams). Left undefined when every list fits one chunk (then the plain
+// splat sums the same lists with one launch less).
 void build_chunk_plan(MeanFieldKernelCuda& kernel) {
   const int64_t M = kernel.offsets.size(0) - 1;
   const at::Tensor lengths = kernel.offsets.narrow(0, 1, M) - kernel.offsets.narrow(0, 0, M);
   const at::Tensor counts =
       at::clamp_min(at::floor_divide(lengths.to(at::kLong) + (kSplatChunk - 1), kSplatChunk), 1);
-  kernel.chunk_start = at::cat({at::zeros({1}, counts.options()), at::cumsum(counts, 0)})
-                           .to(at::kInt);
-  const int64_t chunks = kernel.chunk_start[M].item<int32_t>();  // synchronises
-  kernel.chunk_vertex =
-      at::repeat_interleave(at::arange(M, counts.options()), counts, 0, chunks).to(at::kInt);
+  const at::Tensor chunk_start =
+      at::cat({at::zeros({1}, counts.options()), at::cumsum(counts, 0)}).to(at::kInt);
+  const int64_t chunks = chunk_start[M].item<int32_t>();  // synchronises
+  if (chunks == M) return;
+  kernel.chunk_start = chunk_start;
+  kernel.chunk_vertex = at::repeat_interleave(counts, chunks).to(at::kInt);
 }
 
 MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
@@ -202,8 +210,8 @@ MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
                                       const at::Tensor& blur_neighbors,
                                       const at::Tensor& splat_offsets,
                                       const at::Tensor& splat_entries, int64_t N, int64_t P,
-                                      int64_t L, float potts_weight,
-                                      c10::string_view normalization, cudaStream_t stream) {
+                                      float potts_weight, c10::string_view normalization,
+                                      cudaStream_t stream) {
   MeanFieldKernelCuda kernel;
   kernel.index = vertex_index.contiguous();
   kernel.weight = vertex_weight.contiguous();
@@ -220,32 +228,29 @@ MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
   const at::Tensor& w = kernel.weight;  // [N, P, D+1]
   if (normalization == "none") {
     kernel.splat_weight = w;
-    kernel.slice_weight = w * potts_weight;
-  } else {
-    // The normaliser: the filter of ones (pydensecrf's norm_), one value per point.
-    const at::Tensor ones = at::ones({N, P, 1}, w.options());
-    at::Tensor response = at::empty_like(ones);
-    const at::Tensor response_partials = at::empty({kernel.chunk_vertex.size(0), 1}, w.options());
-    FilterParams p = kernel.params(N, P, 1, response_partials);
-    p.values = ones.data_ptr();
-    p.output = response.data_ptr();
-    const at::Tensor workspace = make_workspace(filter_workspace_bytes(p), w);
-    p.workspace = workspace.data_ptr();
-    C10_CUDA_CHECK(launch_filter(p, stream));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    response.add_(1e-20);
-    if (normalization == "symmetric") {
-      const at::Tensor scale = response.rsqrt();
-      kernel.splat_weight = (w * scale).contiguous();
-      kernel.slice_weight = (w * scale * potts_weight).contiguous();
-    } else {  // "after"
-      kernel.splat_weight = w;
-      kernel.slice_weight = (w * response.reciprocal() * potts_weight).contiguous();
-    }
+    kernel.slice_weight = potts_weight == 1.0f ? w : w * potts_weight;
+    return kernel;
   }
-  kernel.partials = at::empty({kernel.chunk_vertex.size(0), L}, w.options());
-  kernel.workspace =
-      make_workspace(filter_workspace_bytes(kernel.params(N, P, L, kernel.partials)), w);
+  // The normaliser: the filter of ones (pydensecrf's norm_), one value per point.
+  const at::Tensor ones = at::ones({N, P, 1}, w.options());
+  at::Tensor response = at::empty_like(ones);
+  const at::Tensor partials = at::empty({kernel.chunks(), 1}, w.options());
+  FilterParams p = kernel.params(N, P, 1, partials);
+  p.values = ones.data_ptr();
+  p.output = response.data_ptr();
+  const at::Tensor workspace = make_workspace(filter_workspace_bytes(p), w);
+  p.workspace = workspace.data_ptr();
+  C10_CUDA_CHECK(launch_filter(p, stream));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  response.add_(1e-20);
+  if (normalization == "symmetric") {
+    const at::Tensor scale = response.rsqrt();
+    kernel.splat_weight = (w * scale).contiguous();
+    kernel.slice_weight = (w * scale * potts_weight).contiguous();
+  } else {  // "after"
+    kernel.splat_weight = w;
+    kernel.slice_weight = (w * response.reciprocal() * potts_weight).contiguous();
+  }
   return kernel;
 }
 
@@ -274,8 +279,21 @@ at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList ver
   for (size_t k = 0; k < vertex_index.size(); ++k) {
     kernels.push_back(mean_field_kernel(
         vertex_index[k], vertex_weight[k], blur_neighbors[k], splat_offsets[k], splat_entries[k],
-        N, P, L, potts ? potts_weights.data_ptr<float>()[k] : 1.0f, normalization, stream));
+        N, P, potts ? potts_weights.data_ptr<float>()[k] : 1.0f, normalization, stream));
   }
+  // One filter workspace and one chunk-partials buffer, sized for the largest kernel, serve
+  // every kernel: their filters run one after another on the stream.
+  int64_t most_chunks = 0;
+  size_t workspace_bytes = 0;
+  for (const MeanFieldKernelCuda& kernel : kernels) {
+    most_chunks = std::max(most_chunks, kernel.chunks());
+    workspace_bytes = std::max(
+        workspace_bytes, filter_workspace_bytes(lattice_filter_params(
+                             kernel.index, kernel.weight, kernel.neighbors, kernel.offsets,
+                             kernel.entries, N, P, L)));
+  }
+  const at::Tensor partials = at::empty({most_chunks, L}, unary.options());
+  const at::Tensor workspace = make_workspace(workspace_bytes, unary);
 
   const at::Tensor unary_points = unary.transpose(1, 2).contiguous();  // [N, P, L]
   at::Tensor q = at::softmax(unary_points, -1);
@@ -285,13 +303,13 @@ at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList ver
     energy.copy_(unary_points);
     for (size_t k = 0; k < kernels.size(); ++k) {
       const MeanFieldKernelCuda& kernel = kernels[k];
-      FilterParams p = kernel.params(N, P, L, kernel.partials);
+      FilterParams p = kernel.params(N, P, L, partials);
       p.values = q.data_ptr();
       p.splat_weight = kernel.splat_weight.data_ptr<float>();
       p.slice_weight = kernel.slice_weight.data_ptr<float>();
-      p.workspace = kernel.workspace.data_ptr();
+      p.workspace = workspace.data_ptr();
       // Potts: energy += w * filter(Q) (w is in the slice weights); a matrix C:
-      // energy -= filter(Q) C^T.
+      // energy -= filter(Q) C^T (a cuBLAS GEMM: TF32 when the user allows it for matmuls).
       p.output = potts ? energy.data_ptr() : filtered.data_ptr();
       p.accumulate = potts;
       C10_CUDA_CHECK(launch_filter(p, stream));
