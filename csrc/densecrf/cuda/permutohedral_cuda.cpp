@@ -35,6 +35,13 @@ at::Tensor make_workspace(size_t bytes, const at::Tensor& like) {
   return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
 }
 
+// The CUDA kernels index lattice entries (point, remainder) with 32-bit arithmetic.
+void check_entry_count(int64_t N, int64_t P, int64_t d, const char* op) {
+  TORCH_CHECK_VALUE(N * P * (d + 1) <= kLatticeMaxEntries, op, " (CUDA): N * P * (D + 1) = ",
+                    N * P * (d + 1), " lattice entries exceed the supported ",
+                    kLatticeMaxEntries, "; split the batch");
+}
+
 // The kernels read blur_neighbors as int2 pairs: make sure the data is 8-byte aligned.
 at::Tensor aligned_pairs(const at::Tensor& t) {
   at::Tensor c = t.contiguous();
@@ -58,10 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohe
     return {vertex_index, vertex_weight, at::empty({d + 1, 0, 2}, int_opts),
             at::zeros({1}, int_opts), at::empty({0}, int_opts)};
   }
-  TORCH_CHECK_VALUE(N * P * (d + 1) <= kLatticeMaxEntries,
-                    "permutohedral_lattice (CUDA): N * P * (D + 1) = ", N * P * (d + 1),
-                    " lattice entries exceed the supported ", kLatticeMaxEntries,
-                    "; split the batch");
+  check_entry_count(N, P, d, "permutohedral_lattice");
 
   LatticeParams p;
   p.features = f.data_ptr<float>();
@@ -140,9 +144,7 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
   // N, P, V >= 1 here, so there is at least one lattice entry and hence one vertex.
   TORCH_CHECK_VALUE(M >= 1, "permutohedral_filter: blur_neighbors has no vertices (M = 0) but "
                     "values is not empty: pass the tensors returned by permutohedral_lattice");
-  TORCH_CHECK_VALUE(N * P * (d + 1) <= kLatticeMaxEntries,
-                    "permutohedral_filter (CUDA): N * P * (D + 1) = ", N * P * (d + 1),
-                    " lattice entries exceed the supported ", kLatticeMaxEntries);
+  check_entry_count(N, P, d, "permutohedral_filter");
 
   const at::Tensor in = values.contiguous();
   const at::Tensor index = vertex_index.contiguous();
@@ -220,10 +222,7 @@ MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
   kernel.entries = splat_entries.contiguous();
   check_lattice_ranges(kernel.index, kernel.neighbors, kernel.offsets, kernel.entries,
                        "dense_crf_mean_field");
-  const int64_t d = kernel.index.size(2) - 1;
-  TORCH_CHECK_VALUE(N * P * (d + 1) <= kLatticeMaxEntries,
-                    "dense_crf_mean_field (CUDA): N * P * (D + 1) = ", N * P * (d + 1),
-                    " lattice entries exceed the supported ", kLatticeMaxEntries);
+  check_entry_count(N, P, kernel.index.size(2) - 1, "dense_crf_mean_field");
   build_chunk_plan(kernel);
   const at::Tensor& w = kernel.weight;  // [N, P, D+1]
   if (normalization == "none") {
