@@ -439,8 +439,9 @@ def fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
     def as_tensor(c: float | Tensor) -> Tensor:
         return torch.as_tensor(c).detach().to(unary.device, torch.float32)
 
-    if not compatibilities:
-        kernel_compatibility = unary.new_empty((0,))
+    if all(isinstance(c, (int, float)) for c in compatibilities):  # one tensor, no stack
+        kernel_compatibility = torch.tensor([float(c) for c in compatibilities],
+                                            dtype=torch.float32, device=unary.device)
     elif all(is_potts(c) for c in compatibilities):
         kernel_compatibility = torch.stack([as_tensor(c) for c in compatibilities])
     else:
