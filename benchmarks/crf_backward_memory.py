@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import deeplabv2_ext
+from crf_inputs import astronaut_inputs
 
 
 def main() -> None:
@@ -32,14 +32,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from skimage import data, transform
-
     size, labels = args.size, args.labels
-    photo = (transform.resize(data.astronaut(), (size, size)) * 255).astype(np.uint8)
-    image = torch.from_numpy(photo).permute(2, 0, 1)[None].contiguous().to(args.device)
     generator = torch.Generator().manual_seed(0)
-    scores = F.avg_pool2d(torch.randn(1, labels, size, size, generator=generator), 15, 1, 7) * 8
-    unary = torch.log_softmax(scores, 1).contiguous().to(args.device)
+    _, image, unary = astronaut_inputs(size, labels, generator)
+    image, unary = image.to(args.device), unary.to(args.device)
     weights = torch.randn(unary.shape, generator=generator).to(args.device)
     module = deeplabv2_ext.DenseCRF(args.iterations, trainable=args.trainable,
                                     num_labels=labels).to(args.device)

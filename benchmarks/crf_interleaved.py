@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import deeplabv2_ext
+from crf_inputs import astronaut_inputs
 
 PARAMS = dict(bilateral_weight=4.0, bilateral_sxy=121.0, bilateral_srgb=5.0, gaussian_weight=3.0,
               gaussian_sxy=3.0)
@@ -31,15 +31,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import pydensecrf.densecrf as dcrf
-    from skimage import data, transform
 
     size, labels = args.size, args.labels
-    photo = np.ascontiguousarray(
-        (transform.resize(data.astronaut(), (size, size)) * 255).round().astype(np.uint8))
-    image = torch.from_numpy(photo).permute(2, 0, 1)[None].contiguous()
-    generator = torch.Generator().manual_seed(0)
-    scores = F.avg_pool2d(torch.randn(1, labels, size, size, generator=generator), 15, 1, 7) * 8
-    unary = torch.log_softmax(scores, 1).contiguous()
+    photo, image, unary = astronaut_inputs(size, labels, torch.Generator().manual_seed(0))
     energy = np.ascontiguousarray(-unary[0].reshape(labels, -1).numpy())
 
     def theirs() -> np.ndarray:
