@@ -66,7 +66,7 @@ def test_fused_matches_differentiable_path(labels, normalization, device):
 @pytest.mark.cuda
 def test_cuda_fused_matches_cpu_fused():
     """The CUDA op against the CPU op, on photos and on a constant-colour image (one bilateral
-    vertex list of thousands of entries: the chunked splat's long-list path)."""
+    vertex list of thousands of entries: lists that span many of the CUDA splat's blocks)."""
     photos = photo_batch(3, 64, 80)
     flat = torch.full((1, 3, 100, 120), 90, dtype=torch.uint8)
     for image in (photos, flat):

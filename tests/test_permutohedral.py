@@ -415,6 +415,25 @@ def test_cuda_matches_cpu(D):
         torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cuda
+def test_cuda_matches_cpu_long_vertex_lists():
+    """A constant-colour image puts thousands of entries on a few bilateral vertices (lists that
+    span many blocks of the CUDA splat's first pass); values and gradients match the CPU op."""
+    f = image_like_features(1, 90, 70, sxy=80.0, srgb=13.0)
+    f[:, 2:] = f[:, 2:, :1]  # the same colour everywhere
+    lat = lattice(f)
+    lengths = lat[3][1:] - lat[3][:-1]
+    assert lengths.max() > 1000
+    v = torch.rand(1, 4, f.shape[-1], dtype=torch.float64, requires_grad=True)
+    cpu = deeplabv2_ext.permutohedral_filter(v, f, "symmetric")
+    (cpu_grad,) = torch.autograd.grad(cpu.square().sum(), v)
+    v_gpu = v.detach().cuda().requires_grad_()
+    gpu = deeplabv2_ext.permutohedral_filter(v_gpu, f.cuda(), "symmetric")
+    (gpu_grad,) = torch.autograd.grad(gpu.square().sum(), v_gpu)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gpu_grad.cpu(), cpu_grad, rtol=1e-10, atol=1e-10)
+
+
 # ------------------------------------------------------------------------------ opcheck
 def test_opcheck_filter():
     f = image_like_features(1, 6, 5, sxy=2.0, srgb=20.0)

@@ -7,8 +7,7 @@
 // device-to-host copy that synchronises the stream) to allocate blur_neighbors [D+1, M, 2] and
 // splat_offsets [M+1]; the filter never synchronises (index validity is checked on the device).
 //
-// dense_crf_mean_field runs the whole loop from C++ on the stream: per kernel, once, a chunked
-// splat plan (no thread walks more than kSplatChunk entries of a vertex list) and the
+// dense_crf_mean_field runs the whole loop from C++ on the stream: per kernel, once, the
 // normaliser (the filter of ones) folded with the Potts weight into separate splat and slice
 // weights; per iteration and kernel one filter launch sequence (splat, D+1 blurs, slice) whose
 // slice adds straight into the energy (Potts) or writes the filtered Q for one cuBLAS GEMM with
@@ -166,46 +165,18 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
   return out;
 }
 
-// One pairwise kernel of the mean-field loop: its lattice (contiguous), its chunked splat plan
-// (undefined when no vertex list is longer than kSplatChunk), and the splat and slice weights
-// [N, P, D+1] with the normalisers (and, for Potts, the kernel weight) folded in.
+// One pairwise kernel of the mean-field loop: its lattice (contiguous) and the splat and slice
+// weights [N, P, D+1] with the normalisers (and, for Potts, the kernel weight) folded in.
 struct MeanFieldKernelCuda {
   at::Tensor index, weight, neighbors, offsets, entries;
-  at::Tensor chunk_start, chunk_vertex;
   at::Tensor splat_weight, slice_weight;
 
-  int64_t chunks() const { return chunk_vertex.defined() ? chunk_vertex.size(0) : 0; }
-
-  // The filter of values [N, P, V]; `chunk_partials` is a [chunks(), V] buffer (unused when
-  // there is no chunk plan). values, output, workspace and the weights are left to the caller.
-  FilterParams params(int64_t N, int64_t P, int64_t V, const at::Tensor& chunk_partials) const {
-    FilterParams p = lattice_filter_params(index, weight, neighbors, offsets, entries, N, P, V);
-    if (chunk_vertex.defined()) {
-      p.chunk_start = chunk_start.data_ptr<int32_t>();
-      p.chunk_vertex = chunk_vertex.data_ptr<int32_t>();
-      p.chunks = chunks();
-      p.chunk_partials = chunk_partials.data_ptr();
-    }
-    return p;
+  // The filter of values [N, P, V]; values, output, workspace and the weights are left to the
+  // caller.
+  FilterParams params(int64_t N, int64_t P, int64_t V) const {
+    return lattice_filter_params(index, weight, neighbors, offsets, entries, N, P, V);
   }
 };
-
-// The chunked splat plan of a lattice with splat_offsets `offsets` [M+1]: every vertex list cut
-// into ceil(length / kSplatChunk) chunks (at least one), chunk_start [M+1] and chunk_vertex
-// [chunks] (see FilterParams). Left undefined when every list fits one chunk (then the plain
-// splat sums the same lists with one launch less).
-void build_chunk_plan(MeanFieldKernelCuda& kernel) {
-  const int64_t M = kernel.offsets.size(0) - 1;
-  const at::Tensor lengths = kernel.offsets.narrow(0, 1, M) - kernel.offsets.narrow(0, 0, M);
-  const at::Tensor counts =
-      at::clamp_min(at::floor_divide(lengths.to(at::kLong) + (kSplatChunk - 1), kSplatChunk), 1);
-  const at::Tensor chunk_start =
-      at::cat({at::zeros({1}, counts.options()), at::cumsum(counts, 0)}).to(at::kInt);
-  const int64_t chunks = chunk_start[M].item<int32_t>();  // synchronises
-  if (chunks == M) return;
-  kernel.chunk_start = chunk_start;
-  kernel.chunk_vertex = at::repeat_interleave(counts, chunks).to(at::kInt);
-}
 
 MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
                                       const at::Tensor& vertex_weight,
@@ -223,7 +194,6 @@ MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
   check_lattice_ranges(kernel.index, kernel.neighbors, kernel.offsets, kernel.entries,
                        "dense_crf_mean_field");
   check_entry_count(N, P, kernel.index.size(2) - 1, "dense_crf_mean_field");
-  build_chunk_plan(kernel);
   const at::Tensor& w = kernel.weight;  // [N, P, D+1]
   if (normalization == "none") {
     kernel.splat_weight = w;
@@ -233,8 +203,7 @@ MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
   // The normaliser: the filter of ones (pydensecrf's norm_), one value per point.
   const at::Tensor ones = at::ones({N, P, 1}, w.options());
   at::Tensor response = at::empty_like(ones);
-  const at::Tensor partials = at::empty({kernel.chunks(), 1}, w.options());
-  FilterParams p = kernel.params(N, P, 1, partials);
+  FilterParams p = kernel.params(N, P, 1);
   p.values = ones.data_ptr();
   p.output = response.data_ptr();
   const at::Tensor workspace = make_workspace(filter_workspace_bytes(p), w);
@@ -280,18 +249,12 @@ at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList ver
         vertex_index[k], vertex_weight[k], blur_neighbors[k], splat_offsets[k], splat_entries[k],
         N, P, potts ? potts_weights.data_ptr<float>()[k] : 1.0f, normalization, stream));
   }
-  // One filter workspace and one chunk-partials buffer, sized for the largest kernel, serve
-  // every kernel: their filters run one after another on the stream.
-  int64_t most_chunks = 0;
+  // One filter workspace, sized for the largest kernel, serves every kernel: their filters run
+  // one after another on the stream.
   size_t workspace_bytes = 0;
   for (const MeanFieldKernelCuda& kernel : kernels) {
-    most_chunks = std::max(most_chunks, kernel.chunks());
-    workspace_bytes = std::max(
-        workspace_bytes, filter_workspace_bytes(lattice_filter_params(
-                             kernel.index, kernel.weight, kernel.neighbors, kernel.offsets,
-                             kernel.entries, N, P, L)));
+    workspace_bytes = std::max(workspace_bytes, filter_workspace_bytes(kernel.params(N, P, L)));
   }
-  const at::Tensor partials = at::empty({most_chunks, L}, unary.options());
   const at::Tensor workspace = make_workspace(workspace_bytes, unary);
 
   const at::Tensor unary_points = unary.transpose(1, 2).contiguous();  // [N, P, L]
@@ -302,7 +265,7 @@ at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList ver
     energy.copy_(unary_points);
     for (size_t k = 0; k < kernels.size(); ++k) {
       const MeanFieldKernelCuda& kernel = kernels[k];
-      FilterParams p = kernel.params(N, P, L, partials);
+      FilterParams p = kernel.params(N, P, L);
       p.values = q.data_ptr();
       p.splat_weight = kernel.splat_weight.data_ptr<float>();
       p.slice_weight = kernel.slice_weight.data_ptr<float>();

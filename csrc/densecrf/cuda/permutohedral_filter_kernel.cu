@@ -4,32 +4,28 @@
 // plan splat_offsets [M+1] / splat_entries [N*P*(D+1)]).
 //
 // Lattice buffers: two [M, V] row-major arrays (the V values of a vertex contiguous), ping-pong.
-// Every kernel is one thread per (row, value) element, value fastest, so that all V values of a
+// Every kernel is one thread per (item, value) element, value fastest, so that all V values of a
 // row are handled together by adjacent lanes and every row read / write is coalesced:
-//   splat  (vertex i, v): a gather over the splat plan, no atomics, no memset:
-//            lattice[i, v] = sum over k in [offsets[i], offsets[i+1]) of
-//                            w[e_k] * values[e_k / (D+1), v],   e_k = splat_entries[k],
-//          summed in increasing e (the CPU op's order) with explicit round-to-nearest multiply
-//          and add (no FMA contraction), so given the same lattice the sums are bit-identical to
-//          the CPU op's. Entries are processed 4 at a time with the loads issued first (memory-
-//          level parallelism inside a long list).
+//   splat  lattice[i, v] = sum over k in [offsets[i], offsets[i+1]) of
+//                          w[e_k] * values[e_k / (D+1), v],   e_k = splat_entries[k],
+//          a gather over the splat plan (no atomics, no memset, deterministic) in two passes, so
+//          that the time does not depend on the longest list (flat image regions put thousands
+//          of entries on one bilateral vertex: up to 18935 of the 1.57 million entries at
+//          512x512 on skimage's astronaut with sxy 121, srgb 5, where one thread per vertex
+//          would walk 18935 entries). Pass 1: thread (block c, v) walks the plan's entries
+//          [c * kSplatBlock, (c + 1) * kSplatBlock), cut at the list boundaries; lists inside
+//          the block are written, the block's first and last segments of longer lists go to
+//          head / tail [blocks, V]. Pass 2: thread (vertex i, v) adds up a longer list's tail and
+//          heads in order. Summed in increasing k with explicit round-to-nearest multiply and
+//          add (no FMA contraction): the CPU op's products, in blocks of kSplatBlock entries.
+//          Entries are processed 4 at a time with the loads issued first.
 //   blur   (vertex i, v), one launch per axis (0..D, or D..0 when reverse):
 //            new[i, v] = old[i, v] + 0.5 * (old[n1, v] + old[n2, v]),  missing neighbour = 0,
 //          the v2 code's arithmetic.
 //   slice  (point t, v): out[t, v] = sum_r (w_r * alpha) * lattice[idx_r, v], r = 0..D, in the CPU
 //          op's order and rounding (alpha = slice_alpha(D)); with `accumulate`, out[t, v] += it.
 //   The splat and the slice read p.splat_weight / p.slice_weight when set (else vertex_weight).
-//   chunked splat (when the caller passes a chunk plan, see FilterParams): pass 1 sums every
-//          chunk of at most kSplatChunk entries of a vertex list into chunk_partials [chunks, V],
-//          pass 2 sums each vertex's chunks in order, so that no thread walks a list of
-//          thousands of entries.
-// Launches per filter: 1 splat (2 when chunked) + (D+1) blur + 1 slice.
-//
-// Known performance limit of the unchunked splat (the one the filter op uses): a vertex touched
-// by very many entries (flat image regions under the bilateral kernel: up to 18935 of the
-// 1.57 million entries at 512x512 on skimage's astronaut with sxy 121, srgb 5) is summed
-// sequentially by its V threads; the longest list bounds the splat's time. The mean-field op
-// passes a chunk plan instead.
+// Launches per filter: 2 splat + (D+1) blur + 1 slice; no host synchronisation.
 //
 // Index checks: out-of-range vertex_index / splat_entries, blur_neighbors outside [-1, M), or
 // splat_offsets that decrease or leave [0, N*P*(D+1)] __trap() (device-side assert) instead of
@@ -49,6 +45,11 @@ namespace {
 
 using launch::kThreads;
 constexpr int kSplatUnroll = 4;
+
+// Splat-plan blocks of kSplatBlock entries (pass 1 of the splat).
+__host__ __device__ inline int64_t splat_blocks(int64_t entries) {
+  return (entries + kSplatBlock - 1) / kSplatBlock;
+}
 
 using launch::align_up;
 using launch::blocks_for;
@@ -109,73 +110,94 @@ __device__ __forceinline__ T sum_entries(const T* __restrict__ values,
   return acc;
 }
 
+// Splat, pass 1, thread (block c, v): the entries [c * kSplatBlock, (c + 1) * kSplatBlock) of
+// the splat plan (sorted by vertex) cut at the vertex-list boundaries into segments, each summed
+// in order. A list that lies in this block only is complete: written to lattice[i, v]. Otherwise
+// the block's first segment (its list began in an earlier block) goes to head[c, v] and its last
+// (its list goes on into a later block) to tail[c, v]; a block inside one long list is its first
+// segment. No thread walks more than kSplatBlock entries, whatever the list lengths.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    splat_kernel(const T* __restrict__ values, const float* __restrict__ vertex_weight,
-                 const int32_t* __restrict__ splat_offsets,
-                 const int32_t* __restrict__ splat_entries, int64_t M, int64_t V, int d,
-                 int64_t entries, T* __restrict__ lattice) {
-  const int64_t total = M * V;
+    splat_blocks_kernel(const T* __restrict__ values, const float* __restrict__ vertex_weight,
+                        const int32_t* __restrict__ splat_offsets,
+                        const int32_t* __restrict__ splat_entries, int64_t M, int64_t V, int d,
+                        int64_t entries, T* __restrict__ lattice, T* __restrict__ head,
+                        T* __restrict__ tail) {
+  const int64_t blocks = splat_blocks(entries);
+  const int64_t total = blocks * V;
   const bool small = total <= int64_t(UINT32_MAX);
   const uint32_t dp1 = static_cast<uint32_t>(d + 1);
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t i, v;
-    split_index(idx, V, small, i, v);
-    const int32_t k0 = __ldg(splat_offsets + i);
-    const int32_t k1 = __ldg(splat_offsets + i + 1);
-    if (k0 < 0 || k1 < k0 || k1 > entries) __trap();
-    lattice[idx] = sum_entries(values, vertex_weight, splat_entries, k0, k1, V, v, dp1, entries);
+    int64_t c, v;
+    split_index(idx, V, small, c, v);
+    const int64_t block_begin = c * kSplatBlock;
+    const int64_t block_end =
+        block_begin + kSplatBlock < entries ? block_begin + kSplatBlock : entries;
+    // The vertex whose list holds entry block_begin: the last i with offsets[i] <= block_begin
+    // (offsets is non-decreasing; empty lists before it are skipped this way).
+    int64_t lo = 0, hi = M + 1;  // find the first i in [0, M+1) with offsets[i] > block_begin
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (__ldg(splat_offsets + mid) <= block_begin) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    int64_t i = lo - 1;
+    if (i < 0) __trap();  // offsets[0] > 0: an invalid plan
+    int64_t k = block_begin;
+    while (k < block_end) {
+      if (i >= M) __trap();  // offsets[M] < entries: an invalid plan
+      const int64_t list_begin = __ldg(splat_offsets + i);
+      const int64_t list_end = __ldg(splat_offsets + i + 1);
+      if (list_begin > k || list_end <= k) __trap();  // offsets not non-decreasing
+      const int64_t segment_end = list_end < block_end ? list_end : block_end;
+      const T sum = sum_entries(values, vertex_weight, splat_entries, k, segment_end, V, v, dp1,
+                                entries);
+      if (list_begin >= block_begin && list_end <= block_end) {
+        lattice[i * V + v] = sum;
+      } else if (list_begin < block_begin) {
+        head[idx] = sum;
+      } else {
+        tail[idx] = sum;
+      }
+      k = segment_end;
+      // The next non-empty list (empty lists are written by pass 2).
+      do {
+        ++i;
+      } while (k < block_end && i < M && __ldg(splat_offsets + i + 1) <= k);
+    }
   }
 }
 
-// Chunked splat, pass 1, thread (chunk g, v): the sum over chunk g's at most kSplatChunk
-// entries of its vertex's list.
+// Splat, pass 2, thread (vertex i, v): a list that spans several blocks is the tail of its first
+// block, then the heads of the following blocks up to its last, summed in order; an empty list
+// is 0. (Lists inside one block were written by pass 1.)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    splat_chunk_kernel(const T* __restrict__ values, const float* __restrict__ vertex_weight,
-                       const int32_t* __restrict__ splat_offsets,
-                       const int32_t* __restrict__ splat_entries,
-                       const int32_t* __restrict__ chunk_start,
-                       const int32_t* __restrict__ chunk_vertex, int64_t chunks, int64_t M,
-                       int64_t V, int d, int64_t entries, T* __restrict__ partials) {
-  const int64_t total = chunks * V;
-  const bool small = total <= int64_t(UINT32_MAX);
-  const uint32_t dp1 = static_cast<uint32_t>(d + 1);
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t g, v;
-    split_index(idx, V, small, g, v);
-    const int32_t i = __ldg(chunk_vertex + g);
-    if (i < 0 || i >= M) __trap();
-    const int32_t first_chunk = __ldg(chunk_start + i);
-    const int32_t list_begin = __ldg(splat_offsets + i);
-    const int32_t list_end = __ldg(splat_offsets + i + 1);
-    if (list_begin < 0 || list_end < list_begin || list_end > entries || g < first_chunk) __trap();
-    const int64_t k0 = list_begin + (g - first_chunk) * int64_t(kSplatChunk);
-    if (k0 > list_end) __trap();  // more chunks than the list needs: an invalid plan
-    const int64_t k1 = k0 + kSplatChunk < list_end ? k0 + kSplatChunk : list_end;
-    partials[idx] = sum_entries(values, vertex_weight, splat_entries, k0, k1, V, v, dp1, entries);
-  }
-}
-
-// Chunked splat, pass 2, thread (vertex i, v): the sum of vertex i's chunks, in order.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    splat_chunk_sum_kernel(const T* __restrict__ partials,
-                           const int32_t* __restrict__ chunk_start, int64_t chunks, int64_t M,
-                           int64_t V, T* __restrict__ lattice) {
+    splat_lists_kernel(const int32_t* __restrict__ splat_offsets, int64_t M, int64_t V,
+                       int64_t entries, const T* __restrict__ head, const T* __restrict__ tail,
+                       T* __restrict__ lattice) {
   const int64_t total = M * V;
   const bool small = total <= int64_t(UINT32_MAX);
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t i, v;
     split_index(idx, V, small, i, v);
-    const int32_t g0 = __ldg(chunk_start + i);
-    const int32_t g1 = __ldg(chunk_start + i + 1);
-    if (g0 < 0 || g1 < g0 || g1 > chunks) __trap();
-    T acc = T(0);
-    for (int32_t g = g0; g < g1; ++g) acc = add_rn(acc, __ldg(partials + g * V + v));
+    const int64_t list_begin = __ldg(splat_offsets + i);
+    const int64_t list_end = __ldg(splat_offsets + i + 1);
+    if (list_begin < 0 || list_end < list_begin || list_end > entries) __trap();
+    if (list_begin == list_end) {
+      lattice[idx] = T(0);
+      continue;
+    }
+    const int64_t first_block = list_begin / kSplatBlock;
+    const int64_t last_block = (list_end - 1) / kSplatBlock;
+    if (first_block == last_block) continue;
+    T acc = __ldg(tail + first_block * V + v);
+    for (int64_t c = first_block + 1; c <= last_block; ++c) acc = add_rn(acc, __ldg(head + c * V + v));
     lattice[idx] = acc;
   }
 }
@@ -234,21 +256,17 @@ cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
   const int64_t entries = points * (p.D + 1);
 
   const float* splat_weight = p.splat_weight ? p.splat_weight : p.vertex_weight;
-  if (p.chunk_start == nullptr) {
-    splat_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
-        static_cast<const T*>(p.values), splat_weight, p.splat_offsets, p.splat_entries, p.M,
-        p.V, p.D, entries, buf[0]);
-  } else {
-    T* partials = static_cast<T*>(p.chunk_partials);
-    splat_chunk_kernel<T><<<blocks_for(p.chunks * p.V), kThreads, 0, stream>>>(
-        static_cast<const T*>(p.values), splat_weight, p.splat_offsets, p.splat_entries,
-        p.chunk_start, p.chunk_vertex, p.chunks, p.M, p.V, p.D, entries, partials);
-    cudaError_t err = cudaPeekAtLastError();
-    if (err != cudaSuccess) return err;
-    splat_chunk_sum_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
-        partials, p.chunk_start, p.chunks, p.M, p.V, buf[0]);
-  }
+  const size_t partial_bytes = align_up(sizeof(T) * static_cast<size_t>(splat_blocks(entries) * p.V));
+  T* head = reinterpret_cast<T*>(static_cast<char*>(p.workspace) + 2 * buf_bytes);
+  T* tail = reinterpret_cast<T*>(static_cast<char*>(p.workspace) + 2 * buf_bytes + partial_bytes);
+  splat_blocks_kernel<T><<<blocks_for(splat_blocks(entries) * p.V), kThreads, 0, stream>>>(
+      static_cast<const T*>(p.values), splat_weight, p.splat_offsets, p.splat_entries, p.M, p.V,
+      p.D, entries, buf[0], head, tail);
   cudaError_t err = cudaPeekAtLastError();
+  if (err != cudaSuccess) return err;
+  splat_lists_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
+      p.splat_offsets, p.M, p.V, entries, head, tail, buf[0]);
+  err = cudaPeekAtLastError();
   if (err != cudaSuccess) return err;
 
   int cur = 0;
@@ -277,7 +295,9 @@ size_t elem_size(FilterDType t) {
 
 size_t filter_workspace_bytes(const FilterParams& p) {
   if (p.M <= 0 || p.V <= 0) return 0;
-  return 2 * align_up(elem_size(p.dtype) * static_cast<size_t>(p.M * p.V));
+  const int64_t blocks = splat_blocks(p.N * p.P * (p.D + 1));
+  return 2 * align_up(elem_size(p.dtype) * static_cast<size_t>(p.M * p.V)) +
+         2 * align_up(elem_size(p.dtype) * static_cast<size_t>(blocks * p.V));
 }
 
 cudaError_t launch_filter(const FilterParams& p, cudaStream_t stream) {
@@ -285,10 +305,7 @@ cudaError_t launch_filter(const FilterParams& p, cudaStream_t stream) {
       p.N * p.P * (p.D + 1) > kLatticeMaxEntries || p.values == nullptr ||
       p.output == nullptr || p.vertex_index == nullptr || p.vertex_weight == nullptr ||
       p.blur_neighbors == nullptr || p.splat_offsets == nullptr || p.splat_entries == nullptr ||
-      p.workspace == nullptr ||
-      (p.chunk_start != nullptr &&
-       (p.chunk_vertex == nullptr || p.chunk_partials == nullptr || p.chunks < p.M ||
-        p.chunks > kLatticeMaxEntries + p.M))) {
+      p.workspace == nullptr) {
     return cudaErrorInvalidValue;
   }
   switch (p.dtype) {

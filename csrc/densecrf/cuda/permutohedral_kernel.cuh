@@ -23,7 +23,8 @@
 //
 // Filter: launch_filter splats values [N, P, V] (point-major) onto the lattice as a gather over
 //   the splat plan, blurs along the D+1 axes and slices back to [N, P, V], with two [M, V]
-//   lattice buffers (float32 values: float32 buffers; float64: float64) carved from the workspace
+//   lattice buffers and the splat's two [ceil(N*P*(D+1) / kSplatBlock), V] partial-sum buffers
+//   (float32 values: float32 buffers; float64: float64) carved from the workspace
 //   (filter_workspace_bytes). The splat and the slice may use their own weights, and the slice
 //   may add to the output (what the mean-field loop needs).
 //
@@ -97,18 +98,6 @@ struct FilterParams {
   const float* splat_weight = nullptr;
   const float* slice_weight = nullptr;
   bool accumulate = false;  // the slice adds to output instead of overwriting it
-  // Optional chunked splat (chunk_start == nullptr: one thread per (vertex, value) sums the
-  // vertex's whole list, which is slow for the thousands of entries a flat image region puts on
-  // one bilateral vertex). Each vertex list is cut into chunks of at most kSplatChunk entries
-  // (at least one chunk per vertex): chunk_start [M+1] is the index of each vertex's first chunk
-  // (a prefix sum, chunk_start[M] = chunks), chunk_vertex [chunks] the vertex of each chunk, and
-  // chunk_partials a [chunks, V] buffer of the values' type. One kernel sums every chunk, a
-  // second sums each vertex's chunks in order (deterministic; the rounding differs from the
-  // unchunked splat's).
-  const int32_t* chunk_start = nullptr;
-  const int32_t* chunk_vertex = nullptr;
-  void* chunk_partials = nullptr;
-  int64_t chunks = 0;
   const int32_t* blur_neighbors = nullptr;  // [D+1, M, 2]
   const int32_t* splat_offsets = nullptr;   // [M+1]
   const int32_t* splat_entries = nullptr;   // [N*P*(D+1)]
@@ -119,8 +108,9 @@ struct FilterParams {
   FilterDType dtype = FilterDType::kFloat32;
 };
 
-// Entries per chunk of the chunked splat.
-constexpr int kSplatChunk = 64;
+// Entries of the splat plan per thread in the splat's first pass (see
+// permutohedral_filter_kernel.cu).
+constexpr int kSplatBlock = 64;
 
 size_t filter_workspace_bytes(const FilterParams& p);
 cudaError_t launch_filter(const FilterParams& p, cudaStream_t stream);
