@@ -488,8 +488,9 @@ def _good():
         (lambda u, im: (u[:, :0], im), (ValueError,)),  # L = 0
         (lambda u, im: (u[0], im), (ValueError,)),  # 3-D unary
         (lambda u, im: (u.long(), im), (TypeError,)),
+        (lambda u, im: (u, im.float().index_put_((torch.tensor([0]),), torch.tensor(float("nan")))), (ValueError,)),
     ],
-    ids=["size", "channels", "batch", "nan", "inf", "L0", "dims", "int-unary"],
+    ids=["size", "channels", "batch", "nan", "inf", "L0", "dims", "int-unary", "nan-image"],
 )
 def test_bad_inputs(mutate, exc):
     u, im = mutate(*_good())

@@ -378,6 +378,20 @@ def test_bad_inputs(values, features, kwargs, exc):
         deeplabv2_ext.permutohedral_filter(values, features, **kwargs)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 2e6])
+def test_non_finite_or_huge_features_raise(device, bad):
+    """NaN, infinite or huge features would push the embedding's ranks out of range (this
+    crashed the CPU op): the lattice op refuses them with a clear error instead; 1e6 works."""
+    features = torch.rand(1, 5, 40, device=device)
+    values = torch.rand(1, 2, 40, device=device)
+    features[0, 3, 7] = bad
+    with pytest.raises(ValueError, match="finite and at most"):
+        deeplabv2_ext.permutohedral_filter(values, features)
+    features[0, 3, 7] = -1e6
+    assert torch.isfinite(deeplabv2_ext.permutohedral_filter(values, features)).all()
+
+
 def test_raw_op_bad_inputs():
     with pytest.raises((ValueError, RuntimeError)):
         ops.permutohedral_lattice(torch.zeros(1, 17, 4))

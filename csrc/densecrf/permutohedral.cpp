@@ -22,6 +22,15 @@ void check_lattice_args(const at::Tensor& features) {
                     "permutohedral_lattice: N * P * (D + 1) = ",
                     features.size(0) * features.size(2) * (features.size(1) + 1),
                     " lattice entries exceed the int32 vertex index range; split the batch");
+  // The embedding's rank correction and the int32 keys need finite features of moderate size:
+  // NaN, infinities or magnitudes of about 1e7 and more would give out-of-range ranks (memory
+  // corruption) or overflowing keys. Reads the features (one reduction; on CUDA one sync).
+  if (features.numel() > 0) {
+    TORCH_CHECK_VALUE(features.abs().le(kMaxFeatureMagnitude).all().item<bool>(),
+                      "permutohedral_lattice: features must be finite and at most ",
+                      kMaxFeatureMagnitude, " in magnitude (positions and colours divided by "
+                      "their standard deviations); got NaN, an infinity or a larger value");
+  }
 }
 
 void check_filter_args(const at::Tensor& values, const at::Tensor& vertex_index,

@@ -46,7 +46,11 @@
 
 namespace deeplabv2_ext::densecrf {
 
-// TORCH_CHECKs the features of permutohedral_lattice.
+// Largest |feature| permutohedral_lattice accepts (checked on the values).
+constexpr double kMaxFeatureMagnitude = 1e6;
+
+// TORCH_CHECKs the features of permutohedral_lattice (shape, dtype, and finite values of at most
+// kMaxFeatureMagnitude: reads the data).
 void check_lattice_args(const at::Tensor& features);
 
 // TORCH_CHECKs the arguments of permutohedral_filter (shapes, dtypes, devices agree); `op`

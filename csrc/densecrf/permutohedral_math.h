@@ -16,6 +16,25 @@
 
 namespace deeplabv2_ext::densecrf {
 
+// Round-to-nearest float product / sum / difference that nvcc never contracts into an FMA, so
+// that the CUDA build embeds every point bit for bit like the CPU build (plain operators on the
+// host: the x86-64 baseline the CPU files are compiled for has no FMA to contract into).
+DLV2_HOST_DEVICE float rn_mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+DLV2_HOST_DEVICE float rn_add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+DLV2_HOST_DEVICE float rn_sub(float a, float b) { return rn_add(a, -b); }
+
 // Largest feature dimension d supported (keys have d int32 coordinates, d + 1 vertices/point).
 constexpr int kMaxLatticeDim = 16;
 
@@ -47,9 +66,9 @@ DLV2_HOST_DEVICE void embed_point(const float* f, int64_t f_stride, int d, const
   // Elevate: y = E p (p.5 of Adams et al.), accumulated from the last feature down.
   float sm = 0.0f;
   for (int j = d; j > 0; --j) {
-    const float cf = f[(j - 1) * f_stride] * scale[j - 1];
-    elevated[j] = sm - static_cast<float>(j) * cf;
-    sm += cf;
+    const float cf = rn_mul(f[(j - 1) * f_stride], scale[j - 1]);
+    elevated[j] = rn_sub(sm, rn_mul(static_cast<float>(j), cf));
+    sm = rn_add(sm, cf);
   }
   elevated[0] = sm;
 
@@ -58,17 +77,17 @@ DLV2_HOST_DEVICE void embed_point(const float* f, int64_t f_stride, int d, const
   const float up_factor = static_cast<float>(d + 1);
   float sum = 0.0f;
   for (int i = 0; i <= d; ++i) {
-    const float v = rintf(down_factor * elevated[i]);
-    rem0[i] = v * up_factor;
-    sum += v;
+    const float v = rintf(rn_mul(down_factor, elevated[i]));
+    rem0[i] = rn_mul(v, up_factor);
+    sum = rn_add(sum, v);
   }
 
   // Rank of each coordinate's remainder; bring the point back onto the plane when sum != 0.
   for (int i = 0; i <= d; ++i) rank[i] = 0;
   for (int i = 0; i < d; ++i) {
-    const float di = elevated[i] - rem0[i];
+    const float di = rn_sub(elevated[i], rem0[i]);
     for (int j = i + 1; j <= d; ++j) {
-      if (di < elevated[j] - rem0[j]) {
+      if (di < rn_sub(elevated[j], rem0[j])) {
         ++rank[i];
       } else {
         ++rank[j];
@@ -80,21 +99,21 @@ DLV2_HOST_DEVICE void embed_point(const float* f, int64_t f_stride, int d, const
     rank[i] += sum_int;
     if (rank[i] < 0) {
       rank[i] += d + 1;
-      rem0[i] += up_factor;
+      rem0[i] = rn_add(rem0[i], up_factor);
     } else if (rank[i] >= d + 1) {
       rank[i] -= d + 1;
-      rem0[i] -= up_factor;
+      rem0[i] = rn_sub(rem0[i], up_factor);
     }
   }
 
   // Barycentric coordinates (p.10 of Adams et al.).
   for (int i = 0; i <= d + 1; ++i) barycentric[i] = 0.0f;
   for (int i = 0; i <= d; ++i) {
-    const float v = (elevated[i] - rem0[i]) * down_factor;
-    barycentric[d - rank[i]] += v;
-    barycentric[d - rank[i] + 1] -= v;
+    const float v = rn_mul(rn_sub(elevated[i], rem0[i]), down_factor);
+    barycentric[d - rank[i]] = rn_add(barycentric[d - rank[i]], v);
+    barycentric[d - rank[i] + 1] = rn_sub(barycentric[d - rank[i] + 1], v);
   }
-  barycentric[0] += 1.0f + barycentric[d + 1];
+  barycentric[0] = rn_add(barycentric[0], rn_add(1.0f, barycentric[d + 1]));
 
   for (int remainder = 0; remainder <= d; ++remainder) {
     for (int i = 0; i < d; ++i) {
