@@ -68,7 +68,8 @@ class PermutohedralLattice(NamedTuple):
 
 def build_lattice(features: Tensor) -> PermutohedralLattice:
     """The permutohedral lattice of ``features`` [N, D, P] (positions already divided by the
-    standard deviations), for all N images at once."""
+    standard deviations), for all N images at once. Features must be finite and at most 1e6 in
+    magnitude (ValueError otherwise)."""
     if features.dim() != 3:
         raise ValueError(f"build_lattice: features must be [N, D, P], got {tuple(features.shape)}")
     if not 1 <= features.shape[1] <= _MAX_FEATURE_DIM:
@@ -467,7 +468,8 @@ def permutohedral_filter(values: Tensor, features: Tensor, normalization: str = 
 
     Args:
         values: [N, V, *spatial] (1-3 spatial dims), float32 or float64.
-        features: [N, D, *spatial] positions divided by the standard deviations, 1 <= D <= 16.
+        features: [N, D, *spatial] positions divided by the standard deviations, 1 <= D <= 16,
+            finite and at most 1e6 in magnitude.
         normalization: "after" (default: divide by the filtered ones, a normalised blur),
             "symmetric" (``n · K(n · v)``, n = K(1)^-1/2) or "none" (the raw filter).
 
