@@ -197,7 +197,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t last_block = (list_end - 1) / kSplatBlock;
     if (first_block == last_block) continue;
     T acc = __ldg(tail + first_block * V + v);
-    for (int64_t c = first_block + 1; c <= last_block; ++c) acc = add_rn(acc, __ldg(head + c * V + v));
+    for (int64_t c = first_block + 1; c <= last_block; ++c) {
+      acc = add_rn(acc, __ldg(head + c * V + v));
+    }
     lattice[idx] = acc;
   }
 }
@@ -256,10 +258,12 @@ cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
   const int64_t entries = points * (p.D + 1);
 
   const float* splat_weight = p.splat_weight ? p.splat_weight : p.vertex_weight;
-  const size_t partial_bytes = align_up(sizeof(T) * static_cast<size_t>(splat_blocks(entries) * p.V));
-  T* head = reinterpret_cast<T*>(static_cast<char*>(p.workspace) + 2 * buf_bytes);
-  T* tail = reinterpret_cast<T*>(static_cast<char*>(p.workspace) + 2 * buf_bytes + partial_bytes);
-  splat_blocks_kernel<T><<<blocks_for(splat_blocks(entries) * p.V), kThreads, 0, stream>>>(
+  const int64_t blocks = splat_blocks(entries);
+  const size_t partial_bytes = align_up(sizeof(T) * static_cast<size_t>(blocks * p.V));
+  char* partials = static_cast<char*>(p.workspace) + 2 * buf_bytes;
+  T* head = reinterpret_cast<T*>(partials);
+  T* tail = reinterpret_cast<T*>(partials + partial_bytes);
+  splat_blocks_kernel<T><<<blocks_for(blocks * p.V), kThreads, 0, stream>>>(
       static_cast<const T*>(p.values), splat_weight, p.splat_offsets, p.splat_entries, p.M, p.V,
       p.D, entries, buf[0], head, tail);
   cudaError_t err = cudaPeekAtLastError();
