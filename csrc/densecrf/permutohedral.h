@@ -13,8 +13,9 @@
 //                    (-1 when absent from the lattice); M = number of vertices of the batch.
 //     splat_offsets  [M+1] int32 and splat_entries [N*P*(D+1)] int32: the splat plan, a CSR
 //                    over vertices of the entries e = (n*P + p)*(D+1) + r that touch each
-//                    vertex, in increasing e (so splatting is a race-free, deterministic gather
-//                    that sums in the v2 code's order). Built once with the lattice.
+//                    vertex, in increasing e (so splatting is a race-free, deterministic gather;
+//                    the CPU op sums each list in the v2 code's order, the CUDA op in chunks of
+//                    64 entries of it). Built once with the lattice.
 //   permutohedral_filter(Tensor values, Tensor vertex_index, Tensor vertex_weight,
 //                        Tensor blur_neighbors, Tensor splat_offsets, Tensor splat_entries,
 //                        bool reverse) -> Tensor

@@ -8,17 +8,16 @@
 // row are handled together by adjacent lanes and every row read / write is coalesced:
 //   splat  lattice[i, v] = sum over k in [offsets[i], offsets[i+1]) of
 //                          w[e_k] * values[e_k / (D+1), v],   e_k = splat_entries[k],
-//          a gather over the splat plan (no atomics, no memset, deterministic) in two passes, so
-//          that the time does not depend on the longest list (flat image regions put thousands
-//          of entries on one bilateral vertex: up to 18935 of the 1.57 million entries at
-//          512x512 on skimage's astronaut with sxy 121, srgb 5, where one thread per vertex
-//          would walk 18935 entries). Pass 1: thread (block c, v) walks the plan's entries
-//          [c * kSplatBlock, (c + 1) * kSplatBlock), cut at the list boundaries; lists inside
-//          the block are written, the block's first and last segments of longer lists go to
-//          head / tail [blocks, V]. Pass 2: thread (vertex i, v) adds up a longer list's tail and
-//          heads in order. Summed in increasing k with explicit round-to-nearest multiply and
-//          add (no FMA contraction): the CPU op's products, in blocks of kSplatBlock entries.
-//          Entries are processed 4 at a time with the loads issued first.
+//          a gather over the splat plan (no atomics, no memset) in two passes, so that the time
+//          does not depend on the longest list (flat image regions put thousands of entries on
+//          one bilateral vertex: up to 18935 of the 1.57 million entries at 512x512 on
+//          skimage's astronaut with sxy 121, srgb 5, where one thread per vertex would walk
+//          18935 entries). Each list is summed in chunks of kSplatBlock entries from its own
+//          start (pass 1, one thread per block of kSplatBlock plan entries: the lists and
+//          chunks that start in it), then its chunks in order (pass 2, one thread per vertex):
+//          the result depends only on the list, not on the vertex numbering. Within a chunk the
+//          entries are summed in increasing k with explicit round-to-nearest multiply and add
+//          (no FMA contraction), 4 at a time with the loads issued first.
 //   blur   (vertex i, v), one launch per axis (0..D, or D..0 when reverse):
 //            new[i, v] = old[i, v] + 0.5 * (old[n1, v] + old[n2, v]),  missing neighbour = 0,
 //          the v2 code's arithmetic.
@@ -110,12 +109,17 @@ __device__ __forceinline__ T sum_entries(const T* __restrict__ values,
   return acc;
 }
 
-// Splat, pass 1, thread (block c, v): the entries [c * kSplatBlock, (c + 1) * kSplatBlock) of
-// the splat plan (sorted by vertex) cut at the vertex-list boundaries into segments, each summed
-// in order. A list that lies in this block only is complete: written to lattice[i, v]. Otherwise
-// the block's first segment (its list began in an earlier block) goes to head[c, v] and its last
-// (its list goes on into a later block) to tail[c, v]; a block inside one long list is its first
-// segment. No thread walks more than kSplatBlock entries, whatever the list lengths.
+// Every vertex list is cut into chunks of kSplatBlock entries counted from the list's own start
+// (so the rounding of a sum depends only on the list, not on where the vertex numbering puts it
+// in the plan: the CUDA build numbers vertices in hash-table slot order, which concurrent
+// insertion makes vary from build to build). Chunk j of a list that starts in plan block f
+// (entries [f * kSplatBlock, (f + 1) * kSplatBlock)) starts in block f + j.
+//
+// Splat, pass 1, thread (plan block c, v): every list that starts in block c (a list of at most
+// kSplatBlock entries is summed whole into lattice[i, v]; the first chunk of a longer one, at
+// most one per block, goes to tail[c, v]) and the chunk j >= 1 that starts in block c of the list
+// that began before it, if any (to head[c, v]). A thread walks at most 2 * kSplatBlock - 1
+// entries, whatever the list lengths.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     splat_blocks_kernel(const T* __restrict__ values, const float* __restrict__ vertex_weight,
@@ -134,8 +138,8 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t block_begin = c * kSplatBlock;
     const int64_t block_end =
         block_begin + kSplatBlock < entries ? block_begin + kSplatBlock : entries;
-    // The vertex whose list holds entry block_begin: the last i with offsets[i] <= block_begin
-    // (offsets is non-decreasing; empty lists before it are skipped this way).
+    // The list holding entry block_begin: the last i with offsets[i] <= block_begin (offsets is
+    // non-decreasing; empty lists before it are skipped this way).
     int64_t lo = 0, hi = M + 1;  // find the first i in [0, M+1) with offsets[i] > block_begin
     while (lo < hi) {
       const int64_t mid = (lo + hi) / 2;
@@ -146,35 +150,45 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     int64_t i = lo - 1;
-    if (i < 0) __trap();  // offsets[0] > 0: an invalid plan
-    int64_t k = block_begin;
-    while (k < block_end) {
-      if (i >= M) __trap();  // offsets[M] < entries: an invalid plan
-      const int64_t list_begin = __ldg(splat_offsets + i);
-      const int64_t list_end = __ldg(splat_offsets + i + 1);
-      if (list_begin > k || list_end <= k) __trap();  // offsets not non-decreasing
-      const int64_t segment_end = list_end < block_end ? list_end : block_end;
-      const T sum = sum_entries(values, vertex_weight, splat_entries, k, segment_end, V, v, dp1,
-                                entries);
-      if (list_begin >= block_begin && list_end <= block_end) {
-        lattice[i * V + v] = sum;
-      } else if (list_begin < block_begin) {
-        head[idx] = sum;
-      } else {
-        tail[idx] = sum;
+    // offsets[0] > 0 or offsets[M] <= block_begin < entries: an invalid plan
+    if (i < 0 || i >= M) __trap();
+    const int64_t held_begin = __ldg(splat_offsets + i);
+    const int64_t held_end = __ldg(splat_offsets + i + 1);
+    if (held_begin > block_begin || held_end <= block_begin || held_end > entries) __trap();
+    if (held_begin < block_begin) {
+      // A list that began in an earlier block: its chunk that starts in this block, if any.
+      const int64_t chunk_begin =
+          held_begin + (block_begin - held_begin + kSplatBlock - 1) / kSplatBlock * kSplatBlock;
+      if (chunk_begin < block_end && chunk_begin < held_end) {
+        const int64_t chunk_end =
+            chunk_begin + kSplatBlock < held_end ? chunk_begin + kSplatBlock : held_end;
+        head[idx] = sum_entries(values, vertex_weight, splat_entries, chunk_begin, chunk_end, V,
+                                v, dp1, entries);
       }
-      k = segment_end;
-      // The next non-empty list (empty lists are written by pass 2).
-      do {
-        ++i;
-      } while (k < block_end && i < M && __ldg(splat_offsets + i + 1) <= k);
+      ++i;
+    }
+    // The lists that start in this block (empty ones are written by pass 2).
+    for (; i < M; ++i) {
+      const int64_t list_begin = __ldg(splat_offsets + i);
+      if (list_begin >= block_end) break;
+      const int64_t list_end = __ldg(splat_offsets + i + 1);
+      // offsets not non-decreasing
+      if (list_begin < block_begin || list_end < list_begin || list_end > entries) __trap();
+      if (list_end == list_begin) continue;
+      if (list_end - list_begin <= kSplatBlock) {
+        lattice[i * V + v] = sum_entries(values, vertex_weight, splat_entries, list_begin,
+                                         list_end, V, v, dp1, entries);
+      } else {
+        tail[idx] = sum_entries(values, vertex_weight, splat_entries, list_begin,
+                                list_begin + kSplatBlock, V, v, dp1, entries);
+      }
     }
   }
 }
 
-// Splat, pass 2, thread (vertex i, v): a list that spans several blocks is the tail of its first
-// block, then the heads of the following blocks up to its last, summed in order; an empty list
-// is 0. (Lists inside one block were written by pass 1.)
+// Splat, pass 2, thread (vertex i, v): a list of n > 1 chunks that starts in block f is
+// tail[f] + head[f + 1] + ... + head[f + n - 1], summed in that order; an empty list is 0.
+// (Lists of one chunk were written by pass 1.)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     splat_lists_kernel(const int32_t* __restrict__ splat_offsets, int64_t M, int64_t V,
@@ -193,12 +207,12 @@ __global__ void __launch_bounds__(kThreads)
       lattice[idx] = T(0);
       continue;
     }
+    const int64_t chunks = (list_end - list_begin + kSplatBlock - 1) / kSplatBlock;
+    if (chunks == 1) continue;
     const int64_t first_block = list_begin / kSplatBlock;
-    const int64_t last_block = (list_end - 1) / kSplatBlock;
-    if (first_block == last_block) continue;
     T acc = __ldg(tail + first_block * V + v);
-    for (int64_t c = first_block + 1; c <= last_block; ++c) {
-      acc = add_rn(acc, __ldg(head + c * V + v));
+    for (int64_t j = 1; j < chunks; ++j) {
+      acc = add_rn(acc, __ldg(head + (first_block + j) * V + v));
     }
     lattice[idx] = acc;
   }
