@@ -27,8 +27,8 @@
 // Launches per filter: 2 splat + (D+1) blur + 1 slice; no host synchronisation.
 //
 // Index checks: out-of-range vertex_index / splat_entries, blur_neighbors outside [-1, M), or
-// splat_offsets that decrease or leave [0, N*P*(D+1)] __trap() (device-side assert) instead of
-// touching memory out of bounds.
+// splat_offsets that decrease, leave [0, N*P*(D+1)] or do not start at 0 and end at N*P*(D+1)
+// __trap() (device-side assert) instead of touching memory out of bounds or skipping entries.
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -202,7 +202,11 @@ __global__ void __launch_bounds__(kThreads)
     split_index(idx, V, small, i, v);
     const int64_t list_begin = __ldg(splat_offsets + i);
     const int64_t list_end = __ldg(splat_offsets + i + 1);
-    if (list_begin < 0 || list_end < list_begin || list_end > entries) __trap();
+    // (the plan must cover the entries exactly: pass 1 would skip entries past offsets[M])
+    if (list_begin < 0 || list_end < list_begin || list_end > entries ||
+        (i == 0 && list_begin != 0) || (i == M - 1 && list_end != entries)) {
+      __trap();
+    }
     if (list_begin == list_end) {
       lattice[idx] = T(0);
       continue;
