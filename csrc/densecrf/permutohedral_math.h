@@ -16,9 +16,10 @@
 
 namespace deeplabv2_ext::densecrf {
 
-// Round-to-nearest float product / sum / difference that nvcc never contracts into an FMA, so
-// that the CUDA build embeds every point bit for bit like the CPU build (plain operators on the
-// host: the x86-64 baseline the CPU files are compiled for has no FMA to contract into).
+// Round-to-nearest products / sums / differences that nvcc never contracts into an FMA, so that
+// the CUDA build embeds every point bit for bit like the CPU build and the CUDA filter keeps the
+// v2 code's rounding (plain operators on the host: the x86-64 baseline the CPU files are compiled
+// for has no FMA to contract into).
 DLV2_HOST_DEVICE float rn_mul(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
@@ -26,9 +27,23 @@ DLV2_HOST_DEVICE float rn_mul(float a, float b) {
   return a * b;
 #endif
 }
+DLV2_HOST_DEVICE double rn_mul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
 DLV2_HOST_DEVICE float rn_add(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+DLV2_HOST_DEVICE double rn_add(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
 #else
   return a + b;
 #endif

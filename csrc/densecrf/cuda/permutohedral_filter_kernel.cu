@@ -54,12 +54,6 @@ using launch::align_up;
 using launch::blocks_for;
 using launch::kAlign;
 
-// Round-to-nearest multiply / add that nvcc never contracts into an FMA (the CPU op's rounding).
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-
 // (row, col) of flat element `idx` of a [rows, V] array; 32-bit division when the array fits.
 __device__ __forceinline__ void split_index(int64_t idx, int64_t V, bool small, int64_t& row,
                                             int64_t& col) {
@@ -98,13 +92,13 @@ __device__ __forceinline__ T sum_entries(const T* __restrict__ values,
       x[j] = __ldg(values + static_cast<int64_t>(e[j] / dp1) * V + v);
     }
 #pragma unroll
-    for (int j = 0; j < kSplatUnroll; ++j) acc = add_rn(acc, mul_rn(w[j], x[j]));
+    for (int j = 0; j < kSplatUnroll; ++j) acc = rn_add(acc, rn_mul(w[j], x[j]));
   }
   for (; k < k1; ++k) {
     const uint32_t e = static_cast<uint32_t>(__ldg(splat_entries + k));
     if (e >= static_cast<uint64_t>(entries)) __trap();
     const T w = static_cast<T>(__ldg(vertex_weight + e));
-    acc = add_rn(acc, mul_rn(w, __ldg(values + static_cast<int64_t>(e / dp1) * V + v)));
+    acc = rn_add(acc, rn_mul(w, __ldg(values + static_cast<int64_t>(e / dp1) * V + v)));
   }
   return acc;
 }
@@ -216,7 +210,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t first_block = list_begin / kSplatBlock;
     T acc = __ldg(tail + first_block * V + v);
     for (int64_t j = 1; j < chunks; ++j) {
-      acc = add_rn(acc, __ldg(head + (first_block + j) * V + v));
+      acc = rn_add(acc, __ldg(head + (first_block + j) * V + v));
     }
     lattice[idx] = acc;
   }
@@ -237,7 +231,7 @@ __global__ void __launch_bounds__(kThreads)
     if (nb.x < -1 || nb.y < -1 || nb.x >= M || nb.y >= M) __trap();
     const T a = nb.x >= 0 ? __ldg(src + static_cast<int64_t>(nb.x) * V + v) : T(0);
     const T b = nb.y >= 0 ? __ldg(src + static_cast<int64_t>(nb.y) * V + v) : T(0);
-    dst[idx] = add_rn(__ldg(src + idx), mul_rn(T(0.5), add_rn(a, b)));
+    dst[idx] = rn_add(__ldg(src + idx), rn_mul(T(0.5), rn_add(a, b)));
   }
 }
 
@@ -260,10 +254,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r <= d; ++r) {
       const int32_t id = __ldg(vertex_index + base + r);
       if (id < 0 || id >= M) __trap();
-      const T w = mul_rn(static_cast<T>(__ldg(vertex_weight + base + r)), alpha);
-      acc = add_rn(acc, mul_rn(w, __ldg(lattice + static_cast<int64_t>(id) * V + v)));
+      const T w = rn_mul(static_cast<T>(__ldg(vertex_weight + base + r)), alpha);
+      acc = rn_add(acc, rn_mul(w, __ldg(lattice + static_cast<int64_t>(id) * V + v)));
     }
-    out[idx] = accumulate ? add_rn(out[idx], acc) : acc;
+    out[idx] = accumulate ? rn_add(out[idx], acc) : acc;
   }
 }
 
