@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../../common/device_portability.cuh"
 #include "aspp_kernel.cuh"
 
 namespace deeplabv2_ext {
@@ -519,11 +520,11 @@ __global__ void __launch_bounds__(kIgemmThreads, 2)
     // here: fail loudly instead of silently leaving the output unwritten.
     __trap();
   } else {
-    __shared__ __align__(128) unsigned char smem[L::BYTES];
-    __shared__ int s_n[BM];
-    __shared__ int s_y[BM];
-    __shared__ int s_x[BM];
-    __shared__ int s_rates[kAsppMaxRates];
+    DLV2_SHARED_ALIGNED(128, unsigned char[L::BYTES], smem);
+    DLV2_SHARED(int[BM], s_n);
+    DLV2_SHARED(int[BM], s_y);
+    DLV2_SHARED(int[BM], s_x);
+    DLV2_SHARED(int[kAsppMaxRates], s_rates);
 
     T* const A0 = reinterpret_cast<T*>(smem);
     T* const B0 = A0 + 2 * L::A_ELEMS;
@@ -691,7 +692,7 @@ void launch_igemm(const IgemmArgs<typename Pol::T, typename Pol::Acc>& a, int BK
                   static_cast<unsigned>(a.Cout_pad / BK));
 #define ASPP_IGEMM_CASE(BK_, MODE_)                                       \
   if (BK == BK_ && mode == MODE_) {                                       \
-    aspp_igemm_kernel<Pol, BK_, MODE_><<<grid, block, 0, stream>>>(a);    \
+    launch_kernel<aspp_igemm_kernel<Pol, BK_, MODE_>>(grid, block, 0, stream, a);    \
     return;                                                               \
   }
 #define ASPP_IGEMM_CASES(BK_)              \
@@ -744,8 +745,7 @@ void launch_pack_tap_weight(const void* weight, const Strides5& ws, int R, int K
                             int rows_pad, int cols_pad, int ntaps, T* out, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(ntaps) * rows_pad * cols_pad;
   const int64_t blocks = ceil_div(total, 256) < 8192 ? ceil_div(total, 256) : 8192;
-  aspp_pack_tap_weight_kernel<T, Acc, kOutputChannelsInner>
-      <<<static_cast<unsigned>(blocks), 256, 0, stream>>>(static_cast<const T*>(weight), ws, R,
+  launch_kernel<aspp_pack_tap_weight_kernel<T, Acc, kOutputChannelsInner>>(static_cast<unsigned>(blocks), 256, 0, stream, static_cast<const T*>(weight), ws, R,
                                                          K, C, rows_pad, cols_pad, ntaps, out);
 }
 

@@ -125,10 +125,10 @@ __global__ void __launch_bounds__(kWgradThreads, 2)
     if (dy >= a.H || -dy >= a.H || dx >= a.W || -dx >= a.W) return;
     const int64_t nc = cend - cbeg;
 
-    __shared__ __align__(128) unsigned char smem[L::BYTES];
-    __shared__ int s_n[3][BP];
-    __shared__ int s_y[3][BP];
-    __shared__ int s_x[3][BP];
+    DLV2_SHARED_ALIGNED(128, unsigned char[L::BYTES], smem);
+    DLV2_SHARED(int[3][BP], s_n);
+    DLV2_SHARED(int[3][BP], s_y);
+    DLV2_SHARED(int[3][BP], s_x);
 
     T* const G0 = reinterpret_cast<T*>(smem);
     T* const I0 = G0 + 2 * L::G_ELEMS;
@@ -305,7 +305,7 @@ template <typename T, typename Acc>
 __global__ void __launch_bounds__(256)
     aspp_bias_grad_kernel(const T* __restrict__ go, Strides4 s, int64_t rows, int H, int W, int K,
                           bool kfast, Acc* __restrict__ ws_b) {
-  __shared__ Acc red[8][32];
+  DLV2_SHARED(Acc[8][32], red);
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
@@ -398,13 +398,13 @@ void launch_wgrad_mode_in(const WgradArgs<typename Pol::T, typename Pol::Acc>& a
                           dim3 grid, cudaStream_t stream) {
   switch (mode_in) {
     case kLoadPixelFast:
-      aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadPixelFast><<<grid, kWgradThreads, 0, stream>>>(a);
+      launch_kernel<aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadPixelFast>>(grid, kWgradThreads, 0, stream, a);
       break;
     case kLoadChanFast:
-      aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadChanFast><<<grid, kWgradThreads, 0, stream>>>(a);
+      launch_kernel<aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadChanFast>>(grid, kWgradThreads, 0, stream, a);
       break;
     default:
-      aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadVec><<<grid, kWgradThreads, 0, stream>>>(a);
+      launch_kernel<aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadVec>>(grid, kWgradThreads, 0, stream, a);
       break;
   }
 }
@@ -479,7 +479,7 @@ cudaError_t run_wgrad(const AsppWgradParams& p, const WgradLayout& L, cudaStream
 
     const int64_t total = static_cast<int64_t>(p.R) * p.K * p.C * 9;
     const int64_t blocks = ceil_div(total, 256) < 8192 ? ceil_div(total, 256) : 8192;
-    aspp_wgrad_finalize_kernel<T, Acc><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+    launch_kernel<aspp_wgrad_finalize_kernel<T, Acc>>(static_cast<unsigned>(blocks), 256, 0, stream,
         ws, p.R, p.K, p.C, static_cast<T*>(p.grad_weight), make_strides5(p.gw_stride));
   }
 
@@ -494,10 +494,10 @@ cudaError_t run_wgrad(const AsppWgradParams& p, const WgradLayout& L, cudaStream
     if (xb > 65535) xb = 65535;
     if (xb < 1) xb = 1;
     const dim3 grid(static_cast<unsigned>(xb), static_cast<unsigned>(kb));
-    aspp_bias_grad_kernel<T, Acc><<<grid, 256, 0, stream>>>(static_cast<const T*>(p.grad_output), go_s,
+    launch_kernel<aspp_bias_grad_kernel<T, Acc>>(grid, 256, 0, stream, static_cast<const T*>(p.grad_output), go_s,
                                                             rows, p.H, p.W, p.K, channel_fast(go_s, p.K), ws_b);
     const int64_t total = static_cast<int64_t>(p.R) * p.K;
-    aspp_bias_finalize_kernel<T, Acc><<<static_cast<unsigned>(ceil_div(total, 256)), 256, 0, stream>>>(
+    launch_kernel<aspp_bias_finalize_kernel<T, Acc>>(static_cast<unsigned>(ceil_div(total, 256)), 256, 0, stream,
         ws_b, p.R, p.K, static_cast<T*>(p.grad_bias), p.gb_stride[0], p.gb_stride[1]);
   }
   return cudaPeekAtLastError();

@@ -34,6 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../../common/device_portability.cuh"
 #include "../permutohedral_math.h"
 #include "permutohedral_kernel.cuh"
 #include "permutohedral_launch.cuh"
@@ -275,12 +276,12 @@ cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
   char* partials = static_cast<char*>(p.workspace) + 2 * buf_bytes;
   T* head = reinterpret_cast<T*>(partials);
   T* tail = reinterpret_cast<T*>(partials + partial_bytes);
-  splat_blocks_kernel<T><<<blocks_for(blocks * p.V), kThreads, 0, stream>>>(
+  launch_kernel<splat_blocks_kernel<T>>(blocks_for(blocks * p.V), kThreads, 0, stream,
       static_cast<const T*>(p.values), splat_weight, p.splat_offsets, p.splat_entries, p.M, p.V,
       p.D, entries, buf[0], head, tail);
   cudaError_t err = cudaPeekAtLastError();
   if (err != cudaSuccess) return err;
-  splat_lists_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
+  launch_kernel<splat_lists_kernel<T>>(blocks_for(p.M * p.V), kThreads, 0, stream,
       p.splat_offsets, p.M, p.V, entries, head, tail, buf[0]);
   err = cudaPeekAtLastError();
   if (err != cudaSuccess) return err;
@@ -289,7 +290,7 @@ cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
   const int2* neighbors = reinterpret_cast<const int2*>(p.blur_neighbors);
   for (int step = 0; step <= p.D; ++step) {
     const int axis = p.reverse ? p.D - step : step;
-    blur_kernel<T><<<blocks_for(p.M * p.V), kThreads, 0, stream>>>(
+    launch_kernel<blur_kernel<T>>(blocks_for(p.M * p.V), kThreads, 0, stream,
         buf[cur], neighbors + static_cast<int64_t>(axis) * p.M, p.M, p.V, buf[1 - cur]);
     err = cudaPeekAtLastError();
     if (err != cudaSuccess) return err;
@@ -297,7 +298,7 @@ cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
   }
 
   const T alpha = static_cast<T>(slice_alpha(p.D));
-  slice_kernel<T><<<blocks_for(points * p.V), kThreads, 0, stream>>>(
+  launch_kernel<slice_kernel<T>>(blocks_for(points * p.V), kThreads, 0, stream,
       buf[cur], p.vertex_index, p.slice_weight ? p.slice_weight : p.vertex_weight, points, p.V,
       p.M, p.D, alpha, p.accumulate, static_cast<T*>(p.output));
   return cudaPeekAtLastError();

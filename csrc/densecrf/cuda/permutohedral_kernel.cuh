@@ -71,10 +71,13 @@ struct LatticeParams {
   int64_t N = 0, P = 0;
   int D = 0;
   int64_t M = 0;  // set by the glue from info[kLatticeInfoVertices] before the finish call
+  // Hash-table slots; 0 (the glue) means lattice_hash_capacity(). The CUDA-on-CPU tests pass a
+  // smaller power of two to run the table-full path.
+  int64_t hash_capacity = 0;
   float scale[kMaxLatticeDim] = {};  // elevation_scale(i, D); filled by the launchers
 };
 
-// Hash-table slots: the next power of two >= 2 * N * P * (D + 1).
+// Hash-table slots: hash_capacity if set, else the next power of two >= 2 * N * P * (D + 1).
 int64_t lattice_hash_capacity(const LatticeParams& p);
 size_t lattice_workspace_bytes(const LatticeParams& p);
 size_t lattice_finish_workspace_bytes(const LatticeParams& p);  // needs p.M

@@ -49,6 +49,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../../common/device_portability.cuh"
 #include "../permutohedral_math.h"
 #include "permutohedral_kernel.cuh"
 #include "permutohedral_launch.cuh"
@@ -86,7 +87,9 @@ struct LatticeWorkspace {
   size_t total = 0;
 };
 
-int64_t capacity_for(int64_t entries) {
+int64_t capacity_for(const LatticeParams& p) {
+  if (p.hash_capacity > 0) return p.hash_capacity;
+  const int64_t entries = p.N * p.P * (p.D + 1);
   int64_t cap = 64;
   while (cap < 2 * entries) cap *= 2;
   return cap;
@@ -94,7 +97,7 @@ int64_t capacity_for(int64_t entries) {
 
 LatticeWorkspace lattice_layout(const LatticeParams& p, void* base) {
   const int64_t entries = p.N * p.P * (p.D + 1);
-  const int64_t cap = capacity_for(entries);
+  const int64_t cap = capacity_for(p);
   LatticeWorkspace w;
   const int64_t tiles = (cap + kScanTile - 1) / kScanTile;
   const size_t state_off = 0;
@@ -227,7 +230,7 @@ __device__ __forceinline__ bool slot_occupied(const uint32_t* __restrict__ state
 __global__ void __launch_bounds__(kThreads)
     slot_count_kernel(const uint32_t* __restrict__ state, int64_t capacity,
                       int32_t* __restrict__ tile_counts) {
-  __shared__ int warp_counts[kThreads / 32];
+  DLV2_SHARED(int[kThreads / 32], warp_counts);
   const int64_t base = static_cast<int64_t>(blockIdx.x) * kScanTile;
   int c = 0;
   for (int k = 0; k < kScanItems; ++k) {
@@ -247,7 +250,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kScanBlockThreads)
     tile_offsets_kernel(int32_t* __restrict__ tile_offsets, int64_t tiles,
                         int32_t* __restrict__ total) {
-  __shared__ int warp_sums[kScanBlockThreads / 32];
+  DLV2_SHARED(int[kScanBlockThreads / 32], warp_sums);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   int carry = 0;
@@ -282,7 +285,7 @@ __global__ void __launch_bounds__(kThreads)
     slot_assign_kernel(const uint32_t* __restrict__ state, int64_t capacity,
                        const int32_t* __restrict__ tile_offsets, int32_t* __restrict__ ids,
                        int32_t* __restrict__ vertex_slot) {
-  __shared__ int warp_counts[kThreads / 32];
+  DLV2_SHARED(int[kThreads / 32], warp_counts);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * kScanTile;
@@ -419,7 +422,7 @@ cudaError_t build_for_dim(LatticeParams& p, const LatticeWorkspace& w, int64_t c
   Scales scale{};
   for (int i = 0; i < p.D; ++i) scale.v[i] = p.scale[i];
   const int64_t points = p.N * p.P;
-  lattice_embed_insert_kernel<kD><<<blocks_for(points), kThreads, 0, stream>>>(
+  launch_kernel<lattice_embed_insert_kernel<kD>>(blocks_for(points), kThreads, 0, stream,
       p.features, p.N, p.P, p.D, scale, static_cast<uint32_t>(cap - 1), w.state, w.keys,
       p.vertex_index, p.vertex_weight, p.info + kLatticeInfoError);
   return cudaPeekAtLastError();
@@ -429,20 +432,22 @@ template <int kD>
 void neighbors_for_dim(const LatticeParams& p, const LatticeWorkspace& w, int64_t cap,
                        cudaStream_t stream) {
   const int64_t work = p.M * (p.D + 1);
-  lattice_neighbors_kernel<kD><<<blocks_for(work), kThreads, 0, stream>>>(
+  launch_kernel<lattice_neighbors_kernel<kD>>(blocks_for(work), kThreads, 0, stream,
       w.state, w.keys, w.ids, w.vertex_slot, static_cast<uint32_t>(cap - 1), p.M, p.D,
       reinterpret_cast<int2*>(p.blur_neighbors));
 }
 
 bool valid_sizes(const LatticeParams& p) {
+  const bool power_of_two = (p.hash_capacity & (p.hash_capacity - 1)) == 0;
   return p.D >= 1 && p.D <= kMaxLatticeDim && p.N >= 1 && p.P >= 1 &&
-         p.N * p.P * (p.D + 1) <= kLatticeMaxEntries;
+         p.N * p.P * (p.D + 1) <= kLatticeMaxEntries && p.hash_capacity >= 0 && power_of_two &&
+         p.hash_capacity <= 2 * kLatticeMaxEntries;
 }
 
 }  // namespace
 
 int64_t lattice_hash_capacity(const LatticeParams& p) {
-  return capacity_for(p.N * p.P * (p.D + 1));
+  return capacity_for(p);
 }
 
 size_t lattice_workspace_bytes(const LatticeParams& p) {
@@ -457,7 +462,7 @@ cudaError_t launch_lattice_build(LatticeParams& p, cudaStream_t stream) {
   }
   for (int i = 0; i < p.D; ++i) p.scale[i] = elevation_scale(i, p.D);
   const LatticeWorkspace w = lattice_layout(p, p.workspace);
-  const int64_t cap = capacity_for(p.N * p.P * (p.D + 1));
+  const int64_t cap = capacity_for(p);
   const int64_t entries = p.N * p.P * (p.D + 1);
 
   cudaError_t err = cudaMemsetAsync(w.state, 0, sizeof(uint32_t) * static_cast<size_t>(cap), stream);
@@ -474,13 +479,13 @@ cudaError_t launch_lattice_build(LatticeParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
 
   const int64_t tiles = (cap + kScanTile - 1) / kScanTile;  // <= 2^30 / 4096 blocks
-  slot_count_kernel<<<static_cast<int>(tiles), kThreads, 0, stream>>>(w.state, cap,
+  launch_kernel<slot_count_kernel>(static_cast<int>(tiles), kThreads, 0, stream, w.state, cap,
                                                                       w.tile_offsets);
-  tile_offsets_kernel<<<1, kScanBlockThreads, 0, stream>>>(w.tile_offsets, tiles,
+  launch_kernel<tile_offsets_kernel>(1, kScanBlockThreads, 0, stream, w.tile_offsets, tiles,
                                                            p.info + kLatticeInfoVertices);
-  slot_assign_kernel<<<static_cast<int>(tiles), kThreads, 0, stream>>>(
+  launch_kernel<slot_assign_kernel>(static_cast<int>(tiles), kThreads, 0, stream,
       w.state, cap, w.tile_offsets, w.ids, w.vertex_slot);
-  remap_kernel<<<blocks_for(entries), kThreads, 0, stream>>>(w.ids, entries, p.vertex_index);
+  launch_kernel<remap_kernel>(blocks_for(entries), kThreads, 0, stream, w.ids, entries, p.vertex_index);
   return cudaPeekAtLastError();
 }
 
@@ -497,7 +502,7 @@ cudaError_t launch_lattice_finish(const LatticeParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   const LatticeWorkspace w = lattice_layout(p, p.workspace);
-  const int64_t cap = capacity_for(entries);
+  const int64_t cap = capacity_for(p);
   switch (p.D) {
     case 2: neighbors_for_dim<2>(p, w, cap, stream); break;
     case 3: neighbors_for_dim<3>(p, w, cap, stream); break;
@@ -508,7 +513,7 @@ cudaError_t launch_lattice_finish(const LatticeParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
 
   const FinishWorkspace f = finish_layout(p, p.finish_workspace);
-  iota_kernel<<<blocks_for(entries), kThreads, 0, stream>>>(f.iota, entries);
+  launch_kernel<iota_kernel>(blocks_for(entries), kThreads, 0, stream, f.iota, entries);
   err = cudaPeekAtLastError();
   if (err != cudaSuccess) return err;
   size_t sort_bytes = f.sort_bytes;
@@ -518,7 +523,7 @@ cudaError_t launch_lattice_finish(const LatticeParams& p, cudaStream_t stream) {
                                         p.splat_entries, static_cast<int>(entries), 0,
                                         key_bits(p.M), stream);
   if (err != cudaSuccess) return err;
-  splat_offsets_kernel<<<blocks_for(entries + 1), kThreads, 0, stream>>>(
+  launch_kernel<splat_offsets_kernel>(blocks_for(entries + 1), kThreads, 0, stream,
       f.sorted_keys, entries, p.M, p.splat_offsets);
   return cudaPeekAtLastError();
 }

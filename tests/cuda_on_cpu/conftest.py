@@ -1,0 +1,20 @@
+"""Fixtures of the CUDA-on-CPU tests: one worker per library variant for the whole session."""
+import pytest
+
+from .harness import Device
+
+
+@pytest.fixture(scope="session")
+def asan_device():
+    """The real launchers under AddressSanitizer + UBSan (built on first use)."""
+    dev = Device("asan")
+    yield dev
+    dev.close()
+
+
+@pytest.fixture(scope="session")
+def race_device():
+    """The real launchers with the barrier-aware race detector (built on first use)."""
+    dev = Device("race")
+    yield dev
+    dev.close()

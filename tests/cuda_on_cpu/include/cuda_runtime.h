@@ -1,0 +1,5 @@
+// CUDA-on-CPU replacement for the toolkit header (see cuda_on_cpu/runtime.h).
+#pragma once
+#include <cmath>
+
+#include "cuda_on_cpu/runtime.h"
