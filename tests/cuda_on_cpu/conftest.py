@@ -18,3 +18,11 @@ def race_device():
     dev = Device("race")
     yield dev
     dev.close()
+
+
+DESELECTED: list[str] = []
+
+
+def pytest_deselected(items):
+    """Remembered so the kernel-coverage test knows whether the whole suite ran."""
+    DESELECTED.extend(item.nodeid for item in items)

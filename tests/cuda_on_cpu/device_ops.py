@@ -29,10 +29,12 @@ def _output(like: torch.Tensor, size, stride) -> tuple:
 
 def aspp_forward(dev: Device, input_: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  rates: Sequence[int], out_stride: Sequence[int], *, allow_tf32: bool = False,
-                 seed: int = 0, sm_major: int = 9) -> tuple[torch.Tensor, Result]:
+                 seed: int = 0, sm_major: int = 9, input_lead: int = 0) -> tuple[torch.Tensor, Result]:
+    """input_lead > 0 hands the launcher an input pointer that many elements past a 256-byte
+    boundary (input_ must have a storage offset of at least input_lead)."""
     N, _, H, W = input_.shape
     size = (N, weight.shape[1], H, W)
-    args = [to_buffer(input_), _strides(input_), to_buffer(weight), _strides(weight)]
+    args = [to_buffer(input_, input_lead), _strides(input_), to_buffer(weight), _strides(weight)]
     args += [to_buffer(bias), _strides(bias)] if bias is not None else [("null",), ("null",)]
     args += [_output(input_, size, out_stride), ("i64s", list(out_stride))]
     args += _sizes(input_, weight, rates) + [("i32", aspp_dtype(input_.dtype)), ("i32", int(allow_tf32))]

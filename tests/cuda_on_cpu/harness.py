@@ -26,8 +26,9 @@ from . import build as build_module
 
 HERE = Path(__file__).resolve().parent
 
-# Every kernel instantiation launched through any Device in this process (for the coverage test).
-LAUNCHED: set[str] = set()
+# Every kernel instantiation launched through any Device in this process, with the largest block
+# (threads) it was launched with (for the coverage and launch-bounds test).
+LAUNCHED: dict[str, int] = {}
 
 _TORCH_TO_ASPP = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
@@ -51,8 +52,17 @@ class Result:
 
     def kernels(self) -> list[str]:
         """Names of the kernel instantiations launched, in order (library calls excluded)."""
-        return [line.split("\t")[0] for line in self.launch_log.splitlines()
-                if line and not line.endswith("\tlibrary")]
+        return [name for name, _ in self.launches_with_threads()]
+
+    def launches_with_threads(self) -> list[tuple[str, int]]:
+        """(kernel instantiation, threads per block) of every launch, in order."""
+        launches = []
+        for line in self.launch_log.splitlines():
+            fields = line.split("\t")
+            if len(fields) == 5 and fields[4] != "library":
+                x, y, z = (int(v) for v in fields[2].split(","))
+                launches.append((fields[0], x * y * z))
+        return launches
 
 
 def asan_runtime() -> str:
@@ -119,7 +129,8 @@ class Device:
         reply = self._request("call", function=function, args=args, seed=seed, sm_major=sm_major,
                               sm_count=sm_count)
         result = Result(**reply)
-        LAUNCHED.update(result.kernels())
+        for name, threads in result.launches_with_threads():
+            LAUNCHED[name] = max(LAUNCHED.get(name, 0), threads)
         if expect_success and (result.rc != 0 or result.failures):
             raise DeviceError(f"{function} returned cudaError {result.rc}:\n{result.failures}")
         return result
@@ -138,11 +149,12 @@ def span(size: tuple[int, ...], stride: tuple[int, ...]) -> int:
     return 1 + sum((n - 1) * st for n, st in zip(size, stride))
 
 
-def to_buffer(t: torch.Tensor) -> tuple:
-    """("buf", bytes) of the elements t's strides reach, starting at its first element."""
+def to_buffer(t: torch.Tensor, lead: int = 0) -> tuple:
+    """("buf", bytes, offset) of the elements t's strides reach; the allocation starts `lead`
+    elements before t's first element (so the data pointer is misaligned by `lead` elements)."""
     n = span(tuple(t.shape), t.stride())
-    flat = torch.as_strided(t, (n,), (1,), t.storage_offset()).contiguous()
-    return ("buf", flat.view(torch.uint8).numpy().tobytes())
+    flat = torch.as_strided(t, (n + lead,), (1,), t.storage_offset() - lead).contiguous()
+    return ("buf", flat.view(torch.uint8).numpy().tobytes(), lead * t.element_size())
 
 
 def poison_buffer(numel: int, dtype: torch.dtype) -> tuple:

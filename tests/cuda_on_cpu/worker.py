@@ -48,17 +48,17 @@ class Worker:
         return ctypes.string_at(pointer, size) if size else b""
 
     def call(self, function: str, args: list, seed: int, sm_major: int, sm_count: int) -> dict:
-        """args: ("buf", bytes) | ("null",) | ("i32"|"i64", int) | ("i32s"|"i64s", list) |
+        """args: ("buf", bytes[, offset]) | ("null",) | ("i32"|"i64", int) | ("i32s"|"i64s", list) |
         ("str", str) | ("out_ptr",); returns rc, every buffer's bytes after the call, the
         out-pointers' values, the runtime's failures and launch log."""
         self.lib.coc_configure(seed, sm_major, sm_count)
         c_args, buffers, out_ptrs, keep = [], [], [], []
         for arg in args:
             kind = arg[0]
-            if kind == "buf":
+            if kind == "buf":  # ("buf", bytes[, byte offset of the pointer passed])
                 pointer = self._alloc(arg[1])
                 buffers.append((pointer, len(arg[1])))
-                c_args.append(ctypes.c_void_p(pointer))
+                c_args.append(ctypes.c_void_p(pointer + (arg[2] if len(arg) > 2 else 0)))
             elif kind == "null":
                 c_args.append(ctypes.c_void_p(None))
             elif kind == "i32":
