@@ -111,9 +111,10 @@ run_stage install 270 bash -c build
 run_stage tests_cuda 170 pytest tests -m cuda -q -p no:cacheprovider --durations=15 \
     --junitxml="$OUT/junit_cuda.xml"
 if [[ "${GPU_CHECK_FULL_TESTS:-0}" == "1" ]]; then
-    run_stage tests_all 240 pytest tests -q -p no:cacheprovider --durations=15 --junitxml="$OUT/junit_all.xml"
-else  # together with tests_cuda this is the full suite
-    run_stage tests_rest 150 pytest tests -m "not cuda" -q -p no:cacheprovider --durations=15 \
+    run_stage tests_all 240 pytest tests -m "not cuda_on_cpu" -q -p no:cacheprovider --durations=15 \
+        --junitxml="$OUT/junit_all.xml"
+else  # together with tests_cuda this is the full suite (but the CUDA-on-CPU layer: CI runs it)
+    run_stage tests_rest 150 pytest tests -m "not cuda and not cuda_on_cpu" -q -p no:cacheprovider --durations=15 \
         --junitxml="$OUT/junit_rest.xml"
 fi
 

@@ -22,9 +22,11 @@ template <typename T>
 using shared_array_t = T;
 
 template <auto Kernel, typename... Args>
-inline void launch_kernel(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream, Args&&... args) {
+inline void launch_kernel(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream,
+                          Args&&... args) {
 #if defined(DLV2_CUDA_ON_CPU)
-  ::cuda_on_cpu::launch_kernel<Kernel>(grid, block, dynamic_smem, stream, std::forward<Args>(args)...);
+  ::cuda_on_cpu::launch_kernel<Kernel>(grid, block, dynamic_smem, stream,
+                                       std::forward<Args>(args)...);
 #else
   Kernel<<<grid, block, dynamic_smem, stream>>>(std::forward<Args>(args)...);
 #endif
@@ -34,13 +36,15 @@ inline void launch_kernel(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream
 
 #if defined(DLV2_CUDA_ON_CPU)
 // One exact-sized allocation per block and declaration site (cuda_on_cpu::shared_variable).
-#define DLV2_SHARED_ALIGNED(alignment, type, name)                                                  \
-  static const ::cuda_on_cpu::SharedSite name##_shared_site{                                      \
-      #name, __FILE__, __LINE__, sizeof(::deeplabv2_ext::shared_array_t<type>), (alignment)};     \
-  ::deeplabv2_ext::shared_array_t<type>& name =                                                   \
-      *static_cast<::deeplabv2_ext::shared_array_t<type>*>(::cuda_on_cpu::shared_variable(name##_shared_site))
+#define DLV2_SHARED_ALIGNED(alignment, type, name)                                            \
+  static const ::cuda_on_cpu::SharedSite name##_shared_site{                                \
+      #name, __FILE__, __LINE__, sizeof(::deeplabv2_ext::shared_array_t<type>), (alignment)}; \
+  ::deeplabv2_ext::shared_array_t<type>& name =                                             \
+      *static_cast<::deeplabv2_ext::shared_array_t<type>*>(                                 \
+          ::cuda_on_cpu::shared_variable(name##_shared_site))
 #else
 #define DLV2_SHARED_ALIGNED(alignment, type, name) \
   __shared__ __align__(alignment) ::deeplabv2_ext::shared_array_t<type> name
 #endif
-#define DLV2_SHARED(type, name) DLV2_SHARED_ALIGNED(alignof(::deeplabv2_ext::shared_array_t<type>), type, name)
+#define DLV2_SHARED(type, name) \
+  DLV2_SHARED_ALIGNED(alignof(::deeplabv2_ext::shared_array_t<type>), type, name)

@@ -23,6 +23,12 @@ def race_device():
 DESELECTED: list[str] = []
 
 
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "cuda_on_cpu" in item.nodeid:
+            item.add_marker(pytest.mark.cuda_on_cpu)
+
+
 def pytest_deselected(items):
     """Remembered so the kernel-coverage test knows whether the whole suite ran."""
     DESELECTED.extend(item.nodeid for item in items)

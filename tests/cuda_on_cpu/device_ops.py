@@ -55,8 +55,10 @@ def aspp_dgrad(dev: Device, grad_output: torch.Tensor, input_: torch.Tensor, wei
 
 def aspp_wgrad(dev: Device, grad_output: torch.Tensor, input_: torch.Tensor, weight: torch.Tensor,
                rates: Sequence[int], *, want_weight: bool = True, want_bias: bool = True,
-               allow_tf32: bool = False, seed: int = 0) -> tuple[torch.Tensor | None, torch.Tensor | None, Result]:
-    """grad_weight [R, K, C, 3, 3] and grad_bias [R, K] (contiguous, as the glue allocates them)."""
+               allow_tf32: bool = False, seed: int = 0,
+               sm_count: int = 132) -> tuple[torch.Tensor | None, torch.Tensor | None, Result]:
+    """grad_weight [R, K, C, 3, 3] and grad_bias [R, K] (contiguous, as the glue allocates them);
+    sm_count (the device's multiprocessor count) sets how far wgrad splits the pixel range."""
     R, K, C = weight.shape[:3]
     gw_stride = (K * C * 9, C * 9, 9, 3, 1)
     gb_stride = (K, 1)
@@ -66,7 +68,7 @@ def aspp_wgrad(dev: Device, grad_output: torch.Tensor, input_: torch.Tensor, wei
              else [("null",), ("null",)])
     args += [poison_buffer(R * K, weight.dtype), ("i64s", list(gb_stride))] if want_bias else [("null",), ("null",)]
     args += _sizes(input_, weight, rates) + [("i32", aspp_dtype(input_.dtype)), ("i32", int(allow_tf32))]
-    result = dev.call("coc_aspp_wgrad", args, seed=seed)
+    result = dev.call("coc_aspp_wgrad", args, seed=seed, sm_count=sm_count)
     buffers = iter(result.buffers[2 if want_weight else 1:])
     grad_weight = from_bytes(next(buffers), weight.dtype, weight.shape) if want_weight else None
     grad_bias = from_bytes(next(buffers), weight.dtype, (R, K)) if want_bias else None

@@ -36,6 +36,7 @@ CASES = [
     Case(3, 8, 4, 6, 33, (2, 2), "channels_last"),       # repeated rate, C % 8 == 0 (vector loads)
     Case(1, 130, 3, 4, 21, (1, 3), "channel_slice"),     # C beyond several channel chunks
     Case(2, 16, 6, 5, 64, (1,), "transposed"),           # K = 64: a full BK = 64 block
+    Case(1, 3, 40, 40, 5, (2,)),                         # 1600 pixels: wgrad splits the pixel range
 ]
 
 # (dtype, allow_tf32, expected policy in the implicit-GEMM kernel's name)
@@ -152,6 +153,17 @@ def test_aspp_race_free(race_device, seed, dtype, allow_tf32, policy):
     gw, gb, _ = ops.aspp_wgrad(race_device, grad_out, x, w, case.rates, seed=seed)
     assert_close(gw, ref_gw, rtol)
     assert_close(gb, ref_gb, RTOL[dtype] if dtype != torch.float32 else 1e-5)
+
+
+@pytest.mark.parametrize("sm_count", [1, 4, 132])
+def test_wgrad_split_counts(asan_device, sm_count):
+    """The number of pixel-range splits follows the multiprocessor count; the sum must not."""
+    case = Case(2, 9, 24, 30, 21, (1, 4), "channels_last")
+    x, w, b, grad_out = inputs(case, torch.float32)
+    _, (_, ref_gw, ref_gb) = reference_with_grads(x, w, b, case.rates, grad_out)
+    gw, gb, _ = ops.aspp_wgrad(asan_device, grad_out, x, w, case.rates, sm_count=sm_count)
+    assert_close(gw, ref_gw, fp32_exact_rtol(case) * 4)
+    assert_close(gb, ref_gb, 1e-5)
 
 
 def test_wgrad_bias_only(asan_device):

@@ -66,6 +66,8 @@ FEATURE_CASES = {
     "D8": random_features(1, 8, 40, seed=5),
     "D16": random_features(1, 16, 24, seed=6),
     "D2_gaussian_grid": image_like_features(1, 9, 11, sxy=3.0),
+    "D2_two_scan_tiles": random_features(1, 2, 1200, scale=4.0, seed=13),  # 8192 slots, 5 blocks
+    "D5_batch2_same_image": image_like_features(1, 12, 14, sxy=2.0, srgb=9.0, seed=14).expand(2, 5, 168).contiguous(),
 }
 
 

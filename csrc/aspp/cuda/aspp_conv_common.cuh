@@ -745,8 +745,9 @@ void launch_pack_tap_weight(const void* weight, const Strides5& ws, int R, int K
                             int rows_pad, int cols_pad, int ntaps, T* out, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(ntaps) * rows_pad * cols_pad;
   const int64_t blocks = ceil_div(total, 256) < 8192 ? ceil_div(total, 256) : 8192;
-  launch_kernel<aspp_pack_tap_weight_kernel<T, Acc, kOutputChannelsInner>>(static_cast<unsigned>(blocks), 256, 0, stream, static_cast<const T*>(weight), ws, R,
-                                                         K, C, rows_pad, cols_pad, ntaps, out);
+  launch_kernel<aspp_pack_tap_weight_kernel<T, Acc, kOutputChannelsInner>>(
+      static_cast<unsigned>(blocks), 256, 0, stream, static_cast<const T*>(weight), ws, R, K, C,
+      rows_pad, cols_pad, ntaps, out);
 }
 
 // Device properties of the current device (cheap attribute queries).

@@ -107,7 +107,8 @@ cudaError_t run_forward(const AsppFwdParams& p, const FwdLayout& L, cudaStream_t
                                      L.Cin_pad, L.Cout_pad, L.ntaps, wp, stream);
   if (p.bias != nullptr) {
     bias = reinterpret_cast<Acc*>(static_cast<unsigned char*>(p.workspace) + L.bias_offset);
-    launch_kernel<aspp_sum_bias_kernel<T, Acc>>(static_cast<unsigned>(ceil_div(L.Cout_pad, 256)), 256, 0, stream,
+    launch_kernel<aspp_sum_bias_kernel<T, Acc>>(
+        static_cast<unsigned>(ceil_div(L.Cout_pad, 256)), 256, 0, stream,
         static_cast<const T*>(p.bias), p.b_stride[0], p.b_stride[1], p.R, p.K, L.Cout_pad, bias);
   }
 

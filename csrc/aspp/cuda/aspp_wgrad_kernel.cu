@@ -398,13 +398,16 @@ void launch_wgrad_mode_in(const WgradArgs<typename Pol::T, typename Pol::Acc>& a
                           dim3 grid, cudaStream_t stream) {
   switch (mode_in) {
     case kLoadPixelFast:
-      launch_kernel<aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadPixelFast>>(grid, kWgradThreads, 0, stream, a);
+      launch_kernel<aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadPixelFast>>(grid, kWgradThreads, 0,
+                                                                          stream, a);
       break;
     case kLoadChanFast:
-      launch_kernel<aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadChanFast>>(grid, kWgradThreads, 0, stream, a);
+      launch_kernel<aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadChanFast>>(grid, kWgradThreads, 0,
+                                                                         stream, a);
       break;
     default:
-      launch_kernel<aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadVec>>(grid, kWgradThreads, 0, stream, a);
+      launch_kernel<aspp_wgrad_kernel<Pol, BKK, MODE_GO, kLoadVec>>(grid, kWgradThreads, 0, stream,
+                                                                    a);
       break;
   }
 }
@@ -494,10 +497,12 @@ cudaError_t run_wgrad(const AsppWgradParams& p, const WgradLayout& L, cudaStream
     if (xb > 65535) xb = 65535;
     if (xb < 1) xb = 1;
     const dim3 grid(static_cast<unsigned>(xb), static_cast<unsigned>(kb));
-    launch_kernel<aspp_bias_grad_kernel<T, Acc>>(grid, 256, 0, stream, static_cast<const T*>(p.grad_output), go_s,
+    launch_kernel<aspp_bias_grad_kernel<T, Acc>>(grid, 256, 0, stream,
+                                                 static_cast<const T*>(p.grad_output), go_s,
                                                             rows, p.H, p.W, p.K, channel_fast(go_s, p.K), ws_b);
     const int64_t total = static_cast<int64_t>(p.R) * p.K;
-    launch_kernel<aspp_bias_finalize_kernel<T, Acc>>(static_cast<unsigned>(ceil_div(total, 256)), 256, 0, stream,
+    launch_kernel<aspp_bias_finalize_kernel<T, Acc>>(
+        static_cast<unsigned>(ceil_div(total, 256)), 256, 0, stream,
         ws_b, p.R, p.K, static_cast<T*>(p.grad_bias), p.gb_stride[0], p.gb_stride[1]);
   }
   return cudaPeekAtLastError();

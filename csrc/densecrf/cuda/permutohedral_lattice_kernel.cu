@@ -485,7 +485,8 @@ cudaError_t launch_lattice_build(LatticeParams& p, cudaStream_t stream) {
                                                            p.info + kLatticeInfoVertices);
   launch_kernel<slot_assign_kernel>(static_cast<int>(tiles), kThreads, 0, stream,
       w.state, cap, w.tile_offsets, w.ids, w.vertex_slot);
-  launch_kernel<remap_kernel>(blocks_for(entries), kThreads, 0, stream, w.ids, entries, p.vertex_index);
+  launch_kernel<remap_kernel>(blocks_for(entries), kThreads, 0, stream, w.ids, entries,
+                              p.vertex_index);
   return cudaPeekAtLastError();
 }
 
