@@ -2,7 +2,8 @@
 
 Each function takes and returns torch CPU tensors and mirrors what the op's CUDA glue passes to
 the launcher (strides, dtype, TF32 flag, lattice tensors); outputs are allocated with the
-strides given (the glue's choice) and poisoned before the launch.
+strides given (the glue's choice) and poisoned before the launch. A tensor's data pointer keeps
+its alignment within its storage (harness.to_buffer).
 """
 from __future__ import annotations
 
@@ -29,12 +30,10 @@ def _output(like: torch.Tensor, size, stride) -> tuple:
 
 def aspp_forward(dev: Device, input_: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  rates: Sequence[int], out_stride: Sequence[int], *, allow_tf32: bool = False,
-                 seed: int = 0, sm_major: int = 9, input_lead: int = 0) -> tuple[torch.Tensor, Result]:
-    """input_lead > 0 hands the launcher an input pointer that many elements past a 256-byte
-    boundary (input_ must have a storage offset of at least input_lead)."""
+                 seed: int = 0, sm_major: int = 9) -> tuple[torch.Tensor, Result]:
     N, _, H, W = input_.shape
     size = (N, weight.shape[1], H, W)
-    args = [to_buffer(input_, input_lead), _strides(input_), to_buffer(weight), _strides(weight)]
+    args = [to_buffer(input_), _strides(input_), to_buffer(weight), _strides(weight)]
     args += [to_buffer(bias), _strides(bias)] if bias is not None else [("null",), ("null",)]
     args += [_output(input_, size, out_stride), ("i64s", list(out_stride))]
     args += _sizes(input_, weight, rates) + [("i32", aspp_dtype(input_.dtype)), ("i32", int(allow_tf32))]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -25,6 +26,8 @@ import torch
 from . import build as build_module
 
 HERE = Path(__file__).resolve().parent
+
+REQUEST_TIMEOUT_S = 900
 
 # Every kernel instantiation launched through any Device in this process, with the largest block
 # (threads) it was launched with (for the coverage and launch-bounds test).
@@ -51,7 +54,8 @@ class Result:
     launches: list[str] = field(default_factory=list)
 
     def kernels(self) -> list[str]:
-        """Names of the kernel instantiations launched, in order (library calls excluded)."""
+        """Names of the kernel instantiations launched, in order (library calls and refused
+        launches excluded)."""
         return [name for name, _ in self.launches_with_threads()]
 
     def launches_with_threads(self) -> list[tuple[str, int]]:
@@ -59,7 +63,7 @@ class Result:
         launches = []
         for line in self.launch_log.splitlines():
             fields = line.split("\t")
-            if len(fields) == 5 and fields[4] != "library":
+            if len(fields) == 5 and fields[4] == "ok":
                 x, y, z = (int(v) for v in fields[2].split(","))
                 launches.append((fields[0], x * y * z))
         return launches
@@ -108,6 +112,9 @@ class Device:
         try:
             self._process.stdin.write(struct.pack("<Q", len(data)) + data)
             self._process.stdin.flush()
+            ready, _, _ = select.select([self._process.stdout], [], [], REQUEST_TIMEOUT_S)
+            if not ready:  # a hung launch: the runtime's own limits should have ended it
+                self._process.kill()
             header = self._process.stdout.read(8)
         except BrokenPipeError:
             header = b""
@@ -149,17 +156,29 @@ def span(size: tuple[int, ...], stride: tuple[int, ...]) -> int:
     return 1 + sum((n - 1) * st for n, st in zip(size, stride))
 
 
-def to_buffer(t: torch.Tensor, lead: int = 0) -> tuple:
-    """("buf", bytes, offset) of the elements t's strides reach; the allocation starts `lead`
-    elements before t's first element (so the data pointer is misaligned by `lead` elements)."""
+def poison_byte(dtype: torch.dtype) -> int:
+    """0xff for floating types (NaN), 0x80 for integers (0x80808080: never a valid index)."""
+    return 0xff if dtype.is_floating_point else 0x80
+
+
+def to_buffer(t: torch.Tensor, lead: int | None = None) -> tuple:
+    """("buf", bytes, offset): the elements t's strides reach, the ones between them that t does
+    not hold poisoned. The allocation (256-byte aligned) starts `lead` elements before t's first
+    element; by default as many as put t's data pointer where it is in its own storage modulo
+    256 bytes, as a CUDA allocation would (an fp16 view at storage offset 4 is 8-byte aligned)."""
+    if lead is None:
+        lead = t.storage_offset() % max(256 // t.element_size(), 1)
     n = span(tuple(t.shape), t.stride())
-    flat = torch.as_strided(t, (n + lead,), (1,), t.storage_offset() - lead).contiguous()
-    return ("buf", flat.view(torch.uint8).numpy().tobytes(), lead * t.element_size())
+    flat = torch.full(((n + lead) * t.element_size(),), poison_byte(t.dtype), dtype=torch.uint8)
+    typed = flat.view(t.dtype)
+    if t.numel():
+        torch.as_strided(typed, tuple(t.shape), t.stride(), lead).copy_(t)
+    return ("buf", flat.numpy().tobytes(), lead * t.element_size())
 
 
 def poison_buffer(numel: int, dtype: torch.dtype) -> tuple:
-    """An output buffer filled with 0xff bytes (NaN in every floating type, -1 in integers)."""
-    return ("buf", b"\xff" * (numel * torch.empty((), dtype=dtype).element_size()))
+    """An output buffer of poison_byte(dtype) bytes."""
+    return ("buf", bytes([poison_byte(dtype)]) * (numel * torch.empty((), dtype=dtype).element_size()))
 
 
 def from_bytes(data: bytes, dtype: torch.dtype, size, stride=None) -> torch.Tensor:

@@ -4,6 +4,7 @@ layer, against the float64 reference of tests/test_aspp.py: every dtype path the
 smaller than the rates and than one tile, channel counts off the tile sizes."""
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import pytest
@@ -56,7 +57,7 @@ def tolerance(case: Case, dtype: torch.dtype, allow_tf32: bool) -> float:
 
 
 def inputs(case: Case, dtype: torch.dtype):
-    torch.manual_seed(hash(str(case)) % 2**31)
+    torch.manual_seed(zlib.crc32(str(case).encode()))
     x = make_input(case.N, case.C, case.H, case.W, dtype, "cpu", case.layout)
     w, b = make_params(len(case.rates), case.K, case.C, dtype, "cpu")
     grad_out = torch.randn(case.N, case.K, case.H, case.W).to(dtype)
@@ -126,7 +127,7 @@ def test_misaligned_channels_last_input_takes_the_scalar_loader(asan_device, lea
     storage = torch.empty(x.numel() + lead, dtype=x.dtype)
     shifted = torch.as_strided(storage, x.shape, x.stride(), lead)
     shifted.copy_(x)
-    out, result = ops.aspp_forward(asan_device, shifted, w, b, case.rates, output_stride(x, case.K), input_lead=lead)
+    out, result = ops.aspp_forward(asan_device, shifted, w, b, case.rates, output_stride(x, case.K))
     assert_close(out, reference_with_grads(x, w, b, case.rates, torch.zeros(1, 19, 4, 5))[0], RTOL[torch.float16])
     assert igemm_policies(result)[0].endswith("1>"), result.kernels()
 

@@ -124,3 +124,43 @@ def test_launch_configuration_limits(asan_device, name):
     _, result = run_planted(asan_device, name, expect_success=False)
     assert result.rc == 9  # cudaErrorInvalidConfiguration
     assert "refused" in result.failures
+
+
+def test_cross_block_read_of_a_write_in_the_same_launch(race_device):
+    report = failure_of(race_device, "cross_block_read", threads=32)
+    assert "after a write by block 0" in report and "in the same launch" in report
+
+
+def test_read_only_load_of_data_written_in_the_launch(race_device):
+    assert "__ldg" in failure_of(race_device, "ldg_after_write", threads=32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_release_acquire_orders_plain_accesses(race_device, seed):
+    out, _ = run_planted(race_device, "flag_release_acquire", seed=seed)
+    assert out[2].item() == 7.0
+
+
+def test_relaxed_flag_does_not_order_plain_accesses(race_device):
+    report = failure_of(race_device, "flag_relaxed")
+    assert "data race" in report and "not ordered before it" in report
+
+
+def test_misaligned_atomic(asan_device):
+    assert "misaligned 4-byte atomic" in failure_of(asan_device, "misaligned_atomic", threads=32)
+
+
+def test_shuffle_width_follows_ptx(asan_device):
+    out, _ = run_planted(asan_device, "shuffle_xor_width16", n=32, threads=32)
+    assert torch.equal(out, torch.cat([torch.arange(16), torch.arange(16)]).float())
+
+
+def test_spin_wait_without_sleep_ends(asan_device):
+    out, _ = run_planted(asan_device, "spin_without_sleep", threads=32)
+    assert out[1].item() == 1.0
+
+
+def test_host_memory_is_not_device_memory(asan_device, race_device):
+    _, result = run_planted(asan_device, "host_pointer_argument", threads=32, expect_success=False)
+    assert result.rc == 700 and "does not point into device memory" in result.failures
+    assert "not device memory" in failure_of(race_device, "host_pointer_in_struct", threads=32)

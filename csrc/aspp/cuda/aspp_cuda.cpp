@@ -197,6 +197,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cuda(
   }
 
   if (need_weight || need_bias) {
+    // The weight and bias gradients are sums of fp32 / fp64 atomicAdds, in an order that changes
+    // from run to run (seen on the CUDA-on-CPU layer with shuffled block orders).
+    at::globalContext().alertNotDeterministic("aspp_backward (CUDA): grad_weight / grad_bias");
     AsppWgradParams p;
     p.grad_output = grad_output.data_ptr();
     copy_strides(p.go_stride, grad_output);

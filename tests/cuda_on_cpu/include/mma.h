@@ -77,6 +77,20 @@ inline __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <>
 inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+template <typename T>
+constexpr const char* element_name() {
+  if constexpr (std::is_same_v<T, precision::tf32>) return "tf32";
+  if constexpr (std::is_same_v<T, __half>) return "half";
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return "bfloat16";
+  if constexpr (std::is_same_v<T, float>) return "float";
+  return "other";
+}
+template <typename Layout>
+constexpr const char* layout_name() {
+  if constexpr (std::is_same_v<Layout, row_major>) return "row_major";
+  if constexpr (std::is_same_v<Layout, col_major>) return "col_major";
+  return "unspecified";
+}
 template <typename Use>
 constexpr const char* use_name() {
   return std::is_same_v<Use, matrix_a> ? "matrix_a" : (std::is_same_v<Use, matrix_b> ? "matrix_b" : "accumulator");
@@ -93,19 +107,21 @@ class fragment {
   static_assert(rows * cols % 32 == 0, "fragment tile of 32 * n elements");
   storage_type x[num_elements];
 
-  // Lane and slot of tile element (row, col): the scrambled permutation of this fragment kind.
+  // perm[e] = lane * num_elements + slot holding tile element e (row-major): the scrambled
+  // permutation of this fragment kind (use, shape, element type, layout), copied into a static
+  // table (the kernel may read its library's statics, not the runtime's heap).
   static const uint16_t* permutation() {
-    static const uint16_t* perm = nullptr;
-    static unsigned seen_generation = ~0u;
+    static uint16_t table[rows * cols];
+    static unsigned seen_generation = 0;
     const unsigned generation = ::cuda_on_cpu::permutation_generation();
-    if (perm == nullptr || seen_generation != generation) {
-      char kind[96];
-      std::snprintf(kind, sizeof(kind), "%s %dx%d %s %zu", detail::use_name<Use>(), rows, cols,
-                    std::is_same_v<T, precision::tf32> ? "tf32" : "", sizeof(storage_type));
-      perm = ::cuda_on_cpu::fragment_permutation(kind, rows * cols);
+    if (seen_generation != generation) {
+      char kind[160];
+      std::snprintf(kind, sizeof(kind), "%s %dx%d %s %s", detail::use_name<Use>(), rows, cols,
+                    detail::element_name<T>(), detail::layout_name<Layout>());
+      std::memcpy(table, ::cuda_on_cpu::fragment_permutation(kind, rows * cols), sizeof(table));
       seen_generation = generation;
     }
-    return perm;
+    return table;
   }
 };
 
@@ -134,6 +150,27 @@ void for_own_elements(bool row_major_memory, unsigned ldm, Visit&& visit) {
 
 void warp_rendezvous(const char* kind, const char* file, int line);
 
+// The memory operand of a load or store: the same for every lane (checked at the rendezvous).
+struct MemoryOperand {
+  const void* pointer;
+  unsigned ldm;
+  bool row_major_memory;
+};
+inline void check_same_operand(void* const* lane_data, unsigned, const void*) {
+  const MemoryOperand* first = static_cast<const MemoryOperand*>(lane_data[0]);
+  for (int l = 1; l < 32; ++l) {
+    const MemoryOperand* other = static_cast<const MemoryOperand*>(lane_data[l]);
+    if (other->pointer != first->pointer || other->ldm != first->ldm || other->row_major_memory != first->row_major_memory) {
+      ::cuda_on_cpu::fail("wmma load/store: the lanes of the warp pass different pointers, ldm or layouts", __FILE__, __LINE__);
+    }
+  }
+}
+inline void memory_rendezvous(const char* kind, const void* p, unsigned ldm, bool row_major_memory, const char* file,
+                              int line) {
+  MemoryOperand me{p, ldm, row_major_memory};
+  ::cuda_on_cpu::warp_collective(kind, 0xffffffffu, &me, &check_same_operand, nullptr, file, line);
+}
+
 struct MmaLane {
   const void* a;
   const void* b;
@@ -148,7 +185,7 @@ void load_matrix_sync_impl(fragment<Use, M, N, K, T, Layout>& f, const Ptr* p, u
   using Frag = fragment<Use, M, N, K, T, Layout>;
   static_assert(sizeof(Ptr) == sizeof(typename Frag::storage_type), "load_matrix_sync: pointer of the fragment's type");
   detail::check_memory_operand(p, ldm, sizeof(Ptr), "wmma::load_matrix_sync: the pointer must be 256-bit aligned and ldm a multiple of 16 bytes", file, line);
-  detail::warp_rendezvous("wmma::load_matrix_sync", file, line);
+  detail::memory_rendezvous("wmma::load_matrix_sync", p, ldm, row_major_memory, file, line);
   detail::for_own_elements<Frag, Ptr>(row_major_memory, ldm, [&](int slot, int64_t offset) {
     std::memcpy(&f.x[slot], &p[offset], sizeof(Ptr));
   });
@@ -174,7 +211,7 @@ void store_matrix_sync_(Ptr* p, const fragment<accumulator, M, N, K, T, void>& f
   using Frag = fragment<accumulator, M, N, K, T, void>;
   static_assert(sizeof(Ptr) == sizeof(typename Frag::storage_type), "store_matrix_sync: pointer of the fragment's type");
   detail::check_memory_operand(p, ldm, sizeof(Ptr), "wmma::store_matrix_sync: the pointer must be 256-bit aligned and ldm a multiple of 16 bytes", file, line);
-  detail::warp_rendezvous("wmma::store_matrix_sync", file, line);
+  detail::memory_rendezvous("wmma::store_matrix_sync", p, ldm, layout == mem_row_major, file, line);
   detail::for_own_elements<Frag, Ptr>(layout == mem_row_major, ldm, [&](int slot, int64_t offset) {
     std::memcpy(&p[offset], &f.x[slot], sizeof(Ptr));
   });

@@ -11,11 +11,19 @@
 
 extern "C" {
 void* coc_device_alloc(size_t bytes);
+void* coc_device_alloc_filled(size_t bytes, int fill);
 void coc_device_free(void* p);
 }
 
 namespace {
 using namespace deeplabv2_ext;
+
+// Integer outputs start as 0x80808080: never a valid index, unlike the -1 of 0xff bytes (a valid
+// "no neighbour").
+constexpr int kIntegerPoison = 0x80;
+int32_t* integer_output(size_t count) {
+  return static_cast<int32_t*>(coc_device_alloc_filled(sizeof(int32_t) * count, kIntegerPoison));
+}
 
 template <size_t D>
 void copy_strides(int64_t (&dst)[D], const int64_t* src) {
@@ -116,7 +124,7 @@ __attribute__((visibility("default"))) int coc_lattice(const float* features, in
   p.P = P;
   p.D = D;
   p.hash_capacity = hash_capacity;
-  int32_t* info = static_cast<int32_t*>(coc_device_alloc(sizeof(int32_t) * densecrf::kLatticeInfoSize));
+  int32_t* info = integer_output(densecrf::kLatticeInfoSize);
   p.info = info;
   *blur_neighbors = *splat_offsets = *splat_entries = nullptr;
   void* workspace = coc_device_alloc(densecrf::lattice_workspace_bytes(p));
@@ -127,9 +135,9 @@ __attribute__((visibility("default"))) int coc_lattice(const float* features, in
   const int64_t entries = N * P * (D + 1);
   if (err == cudaSuccess && *overflow == 0 && *vertices >= 1 && *vertices <= entries) {
     p.M = *vertices;
-    *blur_neighbors = static_cast<int32_t*>(coc_device_alloc(sizeof(int32_t) * (D + 1) * p.M * 2));
-    *splat_offsets = static_cast<int32_t*>(coc_device_alloc(sizeof(int32_t) * (p.M + 1)));
-    *splat_entries = static_cast<int32_t*>(coc_device_alloc(sizeof(int32_t) * entries));
+    *blur_neighbors = integer_output(static_cast<size_t>((D + 1) * p.M * 2));
+    *splat_offsets = integer_output(static_cast<size_t>(p.M + 1));
+    *splat_entries = integer_output(static_cast<size_t>(entries));
     p.blur_neighbors = *blur_neighbors;
     p.splat_offsets = *splat_offsets;
     p.splat_entries = *splat_entries;

@@ -2,10 +2,12 @@
 // (tests/cuda_on_cpu/test_checker.py): a checker that cannot fail checks nothing. Compiled like
 // the kernels of csrc/ (same headers, same instrumentation). coc_planted(name, out, n) launches
 // one of them on a device allocation `out` of n floats.
+#include <cuda/atomic>
 #include <cuda_runtime.h>
 #include <mma.h>
 
 #include <cstring>
+#include <vector>
 
 #include "common/device_portability.cuh"
 
@@ -125,6 +127,67 @@ __global__ void too_much_shared(float* out) {
   out[threadIdx.x] = first[threadIdx.x] + second[threadIdx.x];
 }
 
+// Block 1 reads what block 0 writes in the same launch (blocks are not ordered).
+__global__ void cross_block_read(float* out) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) out[0] = 1.0f;
+  if (blockIdx.x == 1 && threadIdx.x == 0) out[1] = out[0];
+}
+
+// __ldg of an element another thread wrote before a barrier of this launch.
+__global__ void ldg_after_write(float* out) {
+  if (threadIdx.x == 0) out[0] = 2.0f;
+  __syncthreads();
+  if (threadIdx.x == 1) out[1] = __ldg(out);
+}
+
+// Thread 0 writes data, then publishes a flag; thread 32 waits for the flag and reads the data.
+// kOrdered: release store / acquire load (correct); otherwise both relaxed (a race).
+template <bool kOrdered>
+__global__ void flag_handoff(float* out) {
+  DLV2_SHARED(unsigned[1], flag);
+  if (threadIdx.x == 0) *flag = 0;
+  __syncthreads();
+  cuda::atomic_ref<unsigned, cuda::thread_scope_device> published(*flag);
+  if (threadIdx.x == 0) {
+    out[1] = 7.0f;
+    published.store(1u, kOrdered ? cuda::memory_order_release : cuda::memory_order_relaxed);
+  } else if (threadIdx.x == 32) {
+    while (published.load(kOrdered ? cuda::memory_order_acquire : cuda::memory_order_relaxed) == 0) __nanosleep(10);
+    out[2] = out[1];
+  }
+}
+
+// A 4-byte atomic at an address that is not 4-byte aligned.
+__global__ void misaligned_atomic(float* out) {
+  atomicAdd(reinterpret_cast<float*>(reinterpret_cast<char*>(out) + 2), 1.0f);
+}
+
+// A pointer to host memory inside a struct argument.
+struct HostHolder {
+  float* data;
+};
+__global__ void read_through_struct(HostHolder holder, float* out) { out[threadIdx.x] = holder.data[threadIdx.x]; }
+
+// __shfl_xor_sync with width 16: lanes 16..31 read lane ^ 16, lanes 0..15 keep their value.
+__global__ void shuffle_xor_width16(float* out) {
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, static_cast<float>(threadIdx.x), 16, 16);
+}
+
+// Spins on a flag another thread sets, without __nanosleep (legal with independent scheduling).
+__global__ void spin_without_sleep(float* out) {
+  DLV2_SHARED(unsigned[1], flag);
+  if (threadIdx.x == 0) *flag = 0;
+  __syncthreads();
+  cuda::atomic_ref<unsigned, cuda::thread_scope_device> ready(*flag);
+  if (threadIdx.x == 1) {
+    while (ready.load(cuda::memory_order_acquire) == 0) {
+    }
+    out[1] = 1.0f;
+  } else if (threadIdx.x == 2) {
+    ready.store(1u, cuda::memory_order_release);
+  }
+}
+
 }  // namespace planted
 
 // Launches the planted kernel `name` with one block of `threads` threads on a device allocation
@@ -150,7 +213,20 @@ extern "C" __attribute__((visibility("default"))) int coc_planted(const char* na
   else if (is("wmma_misaligned")) launch_kernel<wmma_misaligned>(1, block, 0, nullptr, out);
   else if (is("trap")) launch_kernel<trap_one>(1, block, 0, nullptr, out);
   else if (is("too_much_shared")) launch_kernel<too_much_shared>(1, block, 0, nullptr, out);
-  else if (is("block_too_large")) launch_kernel<warp_sum>(1, dim3(2048), 0, nullptr, out);
+  else if (is("cross_block_read")) launch_kernel<cross_block_read>(2, block, 0, nullptr, out);
+  else if (is("ldg_after_write")) launch_kernel<ldg_after_write>(1, block, 0, nullptr, out);
+  else if (is("flag_release_acquire")) launch_kernel<flag_handoff<true>>(1, block, 0, nullptr, out);
+  else if (is("flag_relaxed")) launch_kernel<flag_handoff<false>>(1, block, 0, nullptr, out);
+  else if (is("misaligned_atomic")) launch_kernel<misaligned_atomic>(1, block, 0, nullptr, out);
+  else if (is("shuffle_xor_width16")) launch_kernel<shuffle_xor_width16>(1, block, 0, nullptr, out);
+  else if (is("spin_without_sleep")) launch_kernel<spin_without_sleep>(1, block, 0, nullptr, out);
+  else if (is("host_pointer_in_struct")) {
+    std::vector<float> host(static_cast<size_t>(threads), 1.0f);
+    launch_kernel<read_through_struct>(1, block, 0, nullptr, HostHolder{host.data()}, out);
+  } else if (is("host_pointer_argument")) {
+    std::vector<float> host(static_cast<size_t>(threads), 1.0f);
+    launch_kernel<warp_sum>(1, block, 0, nullptr, host.data());
+  } else if (is("block_too_large")) launch_kernel<warp_sum>(1, dim3(2048), 0, nullptr, out);
   else if (is("grid_y_too_large")) launch_kernel<warp_sum>(dim3(1, 70000), block, 0, nullptr, out);
   else return -1;
   err = cudaPeekAtLastError();

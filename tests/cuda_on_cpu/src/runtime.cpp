@@ -9,7 +9,13 @@
 // to a thread picked by a seeded generator.
 #include "cuda_on_cpu/runtime.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <sys/mman.h>
+
+#include <chrono>
+#include <cmath>
+#include <unordered_map>
 
 #include <algorithm>
 #include <cstdarg>
@@ -62,6 +68,7 @@ coc_switch:
 extern "C" void coc_switch(void** save_sp, void* load_sp);
 
 namespace cuda_on_cpu {
+void record_error(cudaError_t error, const char* message);
 namespace {
 
 // ------------------------------------------------------------------------------------------
@@ -75,7 +82,12 @@ constexpr size_t kMaxStaticShared = 48 * 1024;
 constexpr size_t kMaxSharedOptIn = 227 * 1024;
 constexpr size_t kRedzone = 64;  // race build: guard bytes around every allocation
 constexpr size_t kFiberStack = 512 * 1024;
+constexpr size_t kFiberPage = 4096;
 constexpr uint64_t kMaxSwitchesPerLaunch = uint64_t(1) << 31;
+constexpr double kMaxLaunchSeconds = 300.0;
+// Scheduling points one thread may pass without a switch, even at seed 0: a thread spinning on
+// another's store (legal on sm_70+, whose threads are scheduled independently) then still ends.
+constexpr int kMaxPointsWithoutSwitch = 64;
 
 enum class State { kRunnable, kBarrier, kCollective, kDone };
 
@@ -83,6 +95,7 @@ struct Fiber {
   void* sp = nullptr;
   char* stack = nullptr;  // usable stack [stack, stack + kFiberStack)
   bool stack_dirty = false;  // abandoned mid-run: ASan's stack poisoning must be cleared
+  int points_without_switch = 0;
   uint3 tid{0, 0, 0};
   int linear = 0;
   State state = State::kRunnable;
@@ -96,16 +109,25 @@ struct Fiber {
 #endif
 };
 
-enum class RegionKind { kDevice, kShared, kRedzone };
+enum class RegionKind { kDevice, kShared, kRedzone, kArguments };
 
 struct ByteShadowShared {
   uint32_t epoch;
   int16_t writer, reader, atomic_by;
 };
+// Per byte of a device allocation, for the launch `launch` (stale entries are empty): the last
+// plain write and read (global thread id + 1, the block's barrier epoch, the launch's logical
+// time), whether readers of several blocks read it, an atomic accessor (id + 1, or kSeveral),
+// whether __ldg read it.
 struct ByteShadowGlobal {
   uint32_t launch;
-  uint32_t writer;  // global thread id + 1, top bit: atomic
+  uint32_t writer, writer_epoch;
+  uint32_t reader, reader_epoch;
+  uint32_t atomic_by;
+  uint64_t write_time, read_time;
+  bool readers_in_several_blocks, read_only_load;
 };
+constexpr uint32_t kSeveral = 0xffffffffu;
 
 struct Region {
   char* begin;
@@ -133,8 +155,16 @@ struct Launch {
   cudaError_t failure_error = cudaSuccess;
   uint64_t switches = 0;
   size_t static_smem = 0;  // largest per-block total seen
+  size_t shared_budget = 0;   // static + (dynamic or the opt-in size) must fit
+  size_t opt_in_dynamic = 0;  // the opt-in dynamic size, 0 without the attribute
   std::vector<std::string> races;
   std::map<std::string, int> race_keys;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  uint64_t time = 0;  // logical clock of the accesses the race detector sees
+  // Release/acquire: the last release on an address (thread id + 1, time), and per thread the
+  // latest release time of each thread it acquired from.
+  std::unordered_map<const void*, std::pair<uint32_t, uint64_t>> last_release;
+  std::unordered_map<uint32_t, std::unordered_map<uint32_t, uint64_t>> acquired;
 };
 
 struct Scheduler {
@@ -177,6 +207,7 @@ struct Runtime {
   std::map<const void*, int> max_dynamic_smem;
   std::map<std::string, std::vector<uint16_t>> permutations;
   std::vector<Fiber> fibers;
+  char* stack_pool = nullptr;  // one mapping holds every fiber stack (and a guard page each)
   Scheduler scheduler;
   Launch* launch = nullptr;
   Block* block = nullptr;
@@ -246,22 +277,31 @@ void erase_regions_of(void* allocation) {
                 regions.end());
 }
 
-// An exact-sized allocation filled with 0xff (NaN in every floating type, -1 in every integer).
-// The race build adds registered guard bytes around it (any kernel access there is reported);
-// the ASan build leaves that to ASan's own redzones.
-Region* allocate_region(size_t bytes, size_t alignment, RegionKind kind, const std::string& name) {
+// An exact-sized allocation filled with `fill` bytes (0xff: NaN in every floating type, -1 in
+// every integer; 0x80: never a valid index). It starts at an odd multiple of `alignment` (as
+// aligned as asked, not more, so a kernel relying on more shows) and ends where the heap block
+// ends (ASan's redzone follows it; the slack before it is poisoned by hand). The race build adds
+// registered guard zones around it: any kernel access there is reported.
+Region* allocate_region(size_t bytes, size_t alignment, RegionKind kind, const std::string& name, int fill) {
 #if defined(COC_RACE_HOOKS)
-  const size_t guard = std::max(kRedzone, alignment);
+  const size_t guard = kRedzone;
 #else
   const size_t guard = 0;
 #endif
+  alignment = std::max<size_t>(alignment, 1);
+  const size_t lead = std::max(alignment, guard);  // a multiple of alignment (powers of two)
   void* raw = nullptr;
-  const size_t total = std::max<size_t>(bytes + 2 * guard, 1);
-  if (posix_memalign(&raw, std::max<size_t>(alignment, sizeof(void*)), total) != 0) return nullptr;
-  char* begin = static_cast<char*>(raw) + guard;
-  std::memset(begin, 0xff, bytes);
+  if (posix_memalign(&raw, std::max<size_t>(2 * lead, sizeof(void*)), lead + bytes + guard + (bytes == 0 ? 1 : 0)) != 0) {
+    return nullptr;
+  }
+  char* begin = static_cast<char*>(raw) + lead;
+  std::memset(begin, fill, bytes);
+#if COC_ASAN
+  __asan_poison_memory_region(raw, lead);
+  if (bytes == 0) __asan_poison_memory_region(begin, 1);
+#endif
   if (guard > 0) {
-    insert_region(static_cast<char*>(raw), guard, RegionKind::kRedzone, name, raw);
+    insert_region(static_cast<char*>(raw), lead, RegionKind::kRedzone, name, raw);
     insert_region(begin + bytes, guard, RegionKind::kRedzone, name, raw);
   }
   return insert_region(begin, bytes, kind, name, raw);
@@ -269,9 +309,17 @@ Region* allocate_region(size_t bytes, size_t alignment, RegionKind kind, const s
 
 void free_region(Region* region) {
   void* allocation = region->allocation;
+#if COC_ASAN
+  __asan_unpoison_memory_region(allocation, static_cast<size_t>(region->begin - static_cast<char*>(allocation)) +
+                                                std::max<size_t>(region->end - region->begin, 1));
+#endif
   erase_regions_of(allocation);
   std::free(allocation);
 }
+
+// The fill byte of runtime allocations (shared memory, workspaces): 0xff at even seeds, 0x80 at
+// odd ones, so both a NaN and an out-of-range index show what was never written.
+int fill_byte() { return rt().seed % 2 == 0 ? 0xff : 0x80; }
 
 // ------------------------------------------------------------------------------------------
 // Failures
@@ -348,18 +396,32 @@ void fiber_entry() {
   switch_to_scheduler_forever();
 }
 
-void prepare_fiber(Fiber& f) {
-  if (f.stack == nullptr) {
-    const size_t page = 4096;
-    char* mapping = static_cast<char*>(mmap(nullptr, kFiberStack + page, PROT_READ | PROT_WRITE,
-                                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+char* stack_pool() {
+  Runtime& r = rt();
+  if (r.stack_pool == nullptr) {
+    const size_t total = kMaxThreadsPerBlock * (kFiberStack + kFiberPage);
+    void* mapping = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (mapping == MAP_FAILED) {
-      std::fprintf(stderr, "cuda_on_cpu: cannot map a fiber stack\n");
+      std::fprintf(stderr, "cuda_on_cpu: cannot map the fiber stacks\n");
       std::abort();
     }
-    mprotect(mapping, page, PROT_NONE);  // stack overflow -> SIGSEGV, not silent corruption
-    f.stack = mapping + page;
+    r.stack_pool = static_cast<char*>(mapping);
+    for (unsigned i = 0; i < kMaxThreadsPerBlock; ++i) {  // stack overflow -> SIGSEGV, not corruption
+      mprotect(r.stack_pool + i * (kFiberStack + kFiberPage), kFiberPage, PROT_NONE);
+    }
   }
+  return r.stack_pool;
+}
+
+bool in_stack_pool(const void* p) {
+  const char* pool = rt().stack_pool;
+  const char* c = static_cast<const char*>(p);
+  return pool != nullptr && c >= pool && c < pool + kMaxThreadsPerBlock * (kFiberStack + kFiberPage);
+}
+
+void prepare_fiber(Fiber& f) {
+  if (f.stack == nullptr) f.stack = stack_pool() + f.linear * (kFiberStack + kFiberPage) + kFiberPage;
+  f.points_without_switch = 0;
 #if COC_ASAN
   // fiber_entry never returns, so its frame stays poisoned at the top of the stack; a fiber
   // abandoned by a failed launch may have left poisoned frames anywhere.
@@ -388,13 +450,20 @@ void prepare_fiber(Fiber& f) {
 // ------------------------------------------------------------------------------------------
 void resume(Fiber& f) {
   Runtime& r = rt();
-  r.current = &f;
-  if (++r.launch->switches > kMaxSwitchesPerLaunch && r.launch->failure.empty()) {
-    r.launch->failure = format("kernel %s: more than %llu context switches: the launch seems to hang", r.launch->name,
-                               static_cast<unsigned long long>(kMaxSwitchesPerLaunch));
-    r.launch->failure_error = cudaErrorLaunchFailure;
+  Launch& l = *r.launch;
+  ++l.switches;
+  const bool too_many = l.switches > kMaxSwitchesPerLaunch;
+  const bool too_long = (l.switches & 0xfff) == 0 &&
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - l.started).count() > kMaxLaunchSeconds;
+  if ((too_many || too_long) && l.failure.empty()) {
+    l.failure = format("kernel %s: %llu context switches in %.0f s: the launch seems to hang", l.name,
+                       static_cast<unsigned long long>(l.switches),
+                       std::chrono::duration<double>(std::chrono::steady_clock::now() - l.started).count());
+    l.failure_error = cudaErrorLaunchFailure;
     return;
   }
+  r.current = &f;
+  f.points_without_switch = 0;
 #if COC_ASAN
   switch_context(&r.scheduler.sp, f.sp, false, f.stack, kFiberStack, &r.scheduler.fake_stack);
 #else
@@ -418,7 +487,7 @@ bool release_barrier(Block& b) {
     if (f.state == State::kBarrier) {
       if (at_barrier == nullptr) {
         at_barrier = &f;
-      } else if (f.file != at_barrier->file || f.line != at_barrier->line) {
+      } else if (std::strcmp(f.file, at_barrier->file) != 0 || f.line != at_barrier->line) {
         r.launch->failure = format("kernel %s: divergent __syncthreads(): %s waits at %s:%d, %s at %s:%d", r.launch->name,
                                    thread_text(at_barrier).c_str(), at_barrier->file, at_barrier->line,
                                    thread_text(&f).c_str(), f.file, f.line);
@@ -495,14 +564,17 @@ cudaError_t set_max_dynamic_smem(const void* kernel_id, int bytes) {
 }
 
 cudaError_t launch(const void* kernel_id, const char* name, dim3 grid, dim3 block, size_t dynamic_smem,
-                   cudaStream_t stream, void (*body)(void*), void* ctx) {
+                   cudaStream_t stream, void (*body)(void*), void* ctx, size_t ctx_bytes) {
   (void)stream;
   Runtime& r = rt();
   if (r.sticky_error != cudaSuccess) return r.last_error = r.sticky_error;
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  // Without the opt-in attribute static + dynamic shared memory must fit in 48 KiB; with it set
+  // to X, dynamic <= X and static + X <= 227 KiB (static is checked as the block declares it).
   size_t max_dynamic = kMaxStaticShared;
   auto opt_in = r.max_dynamic_smem.find(kernel_id);
   if (opt_in != r.max_dynamic_smem.end()) max_dynamic = static_cast<size_t>(opt_in->second);
+  const size_t shared_budget = opt_in != r.max_dynamic_smem.end() ? kMaxSharedOptIn : kMaxStaticShared;
   std::string config_error;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0) {
     config_error = "a zero grid or block dimension";
@@ -531,41 +603,53 @@ cudaError_t launch(const void* kernel_id, const char* name, dim3 grid, dim3 bloc
   l.body = body;
   l.ctx = ctx;
   l.id = r.next_launch_id++;
+  l.shared_budget = shared_budget;
+  l.opt_in_dynamic = opt_in != r.max_dynamic_smem.end() ? max_dynamic : 0;
   r.launch = &l;
+  Region* arguments = insert_region(static_cast<char*>(ctx), ctx_bytes, RegionKind::kArguments,
+                                    format("the arguments of %s", name), ctx);
   r.rng = (r.seed + 1) * 0x9E3779B97F4A7C15ull ^ (uint64_t(l.id) << 17);
   if (r.rng == 0) r.rng = 1;
   if (r.fibers.size() < threads) r.fibers.resize(threads);
 
   Block b;
   b.threads = static_cast<int>(threads);
-  uint64_t block_linear = 0;
-  for (unsigned bz = 0; bz < grid.z && l.failure.empty(); ++bz) {
-    for (unsigned by = 0; by < grid.y && l.failure.empty(); ++by) {
-      for (unsigned bx = 0; bx < grid.x && l.failure.empty(); ++bx, ++block_linear) {
-        b.idx = uint3{bx, by, bz};
-        b.first_global_tid = block_linear * threads;
-        b.exited = 0;
-        b.first_exited = nullptr;
-        b.epoch = 1;
-        for (int i = 0; i < b.threads; ++i) {
-          Fiber& f = r.fibers[i];
-          f.linear = i;
-          f.tid = uint3{static_cast<unsigned>(i % block.x), static_cast<unsigned>((i / block.x) % block.y),
-                        static_cast<unsigned>(i / (block.x * block.y))};
-          f.state = State::kRunnable;
-          prepare_fiber(f);
-        }
-        r.block = &b;
-        run_block(b);
-        for (int i = 0; i < b.threads; ++i) {
-          if (r.fibers[i].state != State::kDone) r.fibers[i].stack_dirty = true;  // abandoned
-        }
-        l.static_smem = std::max(l.static_smem, b.shared_bytes);
-        free_shared(b);
-        r.block = nullptr;
-      }
-    }
+  // Blocks run in order at seed 0 and in a seeded order otherwise (a device orders them not).
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  std::vector<uint64_t> order;
+  if (r.seed != 0) {
+    order.resize(blocks);
+    for (uint64_t i = 0; i < blocks; ++i) order[i] = i;
+    for (uint64_t i = blocks; i > 1; --i) std::swap(order[i - 1], order[next_random() % i]);
   }
+  for (uint64_t step = 0; step < blocks && l.failure.empty(); ++step) {
+    const uint64_t block_linear = order.empty() ? step : order[step];
+    const unsigned bx = static_cast<unsigned>(block_linear % grid.x);
+    const unsigned by = static_cast<unsigned>((block_linear / grid.x) % grid.y);
+    const unsigned bz = static_cast<unsigned>(block_linear / (uint64_t(grid.x) * grid.y));
+    b.idx = uint3{bx, by, bz};
+    b.first_global_tid = block_linear * threads;
+    b.exited = 0;
+    b.first_exited = nullptr;
+    b.epoch = 1;
+    for (int i = 0; i < b.threads; ++i) {
+      Fiber& f = r.fibers[i];
+      f.linear = i;
+      f.tid = uint3{static_cast<unsigned>(i % block.x), static_cast<unsigned>((i / block.x) % block.y),
+                    static_cast<unsigned>(i / (block.x * block.y))};
+      f.state = State::kRunnable;
+      prepare_fiber(f);
+    }
+    r.block = &b;
+    run_block(b);
+    for (int i = 0; i < b.threads; ++i) {
+      if (r.fibers[i].state != State::kDone) r.fibers[i].stack_dirty = true;  // abandoned
+    }
+    l.static_smem = std::max(l.static_smem, b.shared_bytes);
+    free_shared(b);
+    r.block = nullptr;
+  }
+  erase_regions_of(arguments->allocation);
   r.launch = nullptr;
   if (l.failure.empty() && !l.races.empty()) {
     l.failure = format("kernel %s: %zu data race(s):", name, l.races.size());
@@ -583,10 +667,10 @@ cudaError_t launch(const void* kernel_id, const char* name, dim3 grid, dim3 bloc
 // ------------------------------------------------------------------------------------------
 // Inside a kernel
 // ------------------------------------------------------------------------------------------
-const uint3& thread_index() { return rt().current->tid; }
-const uint3& block_index() { return rt().block->idx; }
-const dim3& block_dimensions() { return rt().launch->block; }
-const dim3& grid_dimensions() { return rt().launch->grid; }
+uint3 thread_index() { return rt().current->tid; }
+uint3 block_index() { return rt().block->idx; }
+dim3 block_dimensions() { return rt().launch->block; }
+dim3 grid_dimensions() { return rt().launch->grid; }
 unsigned lane_id() { return static_cast<unsigned>(rt().current->linear & 31); }
 
 void sync_threads(const char* file, int line) {
@@ -611,8 +695,9 @@ void fail(const char* what, const char* file, int line) {
 
 void scheduling_point() {
   Runtime& r = rt();
-  if (r.seed == 0 || r.current == nullptr) return;
-  if ((next_random() & 1u) == 0) switch_to_scheduler(false);
+  if (r.current == nullptr) return;
+  const bool forced = ++r.current->points_without_switch >= kMaxPointsWithoutSwitch;
+  if (forced || (r.seed != 0 && (next_random() & 1u) == 0)) switch_to_scheduler(false);
 }
 
 void spin_wait() {
@@ -626,14 +711,15 @@ void* shared_variable(const SharedSite& site) {
     if (s.site == &site) return s.region->begin;
   }
   b.shared_bytes += site.bytes;
-  const size_t total = b.shared_bytes + r.launch->dynamic_smem;
-  if (b.shared_bytes > kMaxStaticShared || total > kMaxSharedOptIn) {
+  const Launch& l = *r.launch;
+  const size_t total = b.shared_bytes + std::max(l.dynamic_smem, l.opt_in_dynamic);
+  if (b.shared_bytes > kMaxStaticShared || total > l.shared_budget) {
     fail_launch(cudaErrorLaunchOutOfResources,
-                format("kernel %s: %zu bytes of static shared memory (+ %zu dynamic) exceed the sm_90 limits (48 KiB static, 227 KiB in all) when declaring `%s` at %s:%d",
-                       r.launch->name, b.shared_bytes, r.launch->dynamic_smem, site.name, site.file, site.line));
+                format("kernel %s: %zu bytes of static shared memory (+ %zu dynamic) exceed the sm_90 limits (48 KiB static; 48 KiB with dynamic, 227 KiB with the opt-in attribute) when declaring `%s` at %s:%d",
+                       l.name, b.shared_bytes, std::max(l.dynamic_smem, l.opt_in_dynamic), site.name, site.file, site.line));
   }
   Region* region = allocate_region(site.bytes, site.alignment, RegionKind::kShared,
-                                   format("__shared__ %s (%s:%d)", site.name, site.file, site.line));
+                                   format("__shared__ %s (%s:%d)", site.name, site.file, site.line), fill_byte());
   b.shared.push_back(SharedAllocation{&site, region});
   return region->begin;
 }
@@ -789,31 +875,133 @@ void check_shared(Region& region, size_t offset, size_t size, Access access) {
   }
 }
 
-void check_global_write(Region& region, size_t offset, size_t size, bool atomic) {
+uint32_t current_global_id() {
   Runtime& r = rt();
-  if (region.global_shadow.empty()) region.global_shadow.assign(region.end - region.begin, ByteShadowGlobal{0, 0});
-  const uint32_t me = static_cast<uint32_t>(r.block->first_global_tid + r.current->linear + 1);
-  const uint32_t flag = 0x80000000u;
+  return static_cast<uint32_t>(r.block->first_global_tid + r.current->linear + 1);
+}
+
+uint32_t block_of(uint32_t global_id) {
+  const dim3& d = rt().launch->block;
+  return (global_id - 1) / (d.x * d.y * d.z);
+}
+
+std::string global_thread_text(uint32_t global_id) {
+  const dim3& d = rt().launch->block;
+  const uint32_t per_block = d.x * d.y * d.z;
+  return format("block %u %s", (global_id - 1) / per_block,
+                block_thread_text(static_cast<int>((global_id - 1) % per_block)).c_str());
+}
+
+// Whether the access of `other` (id + 1, its epoch, its time) is ordered before one of the
+// current thread: the same thread, a barrier in between (same block), or a release of `other`
+// after it that the current thread acquired.
+bool ordered_before(uint32_t other, uint32_t other_epoch, uint64_t other_time) {
+  Runtime& r = rt();
+  const uint32_t me = current_global_id();
+  if (other == me) return true;
+  if (block_of(other) == block_of(me) && other_epoch != r.block->epoch) return true;
+  auto mine = r.launch->acquired.find(me);
+  if (mine == r.launch->acquired.end()) return false;
+  auto from = mine->second.find(other);
+  return from != mine->second.end() && from->second > other_time;
+}
+
+// Global memory: within one launch, a plain write and another plain access of the same byte by
+// threads not ordered by a barrier (same block) or a release/acquire pair, or a plain access and
+// an atomic of another thread, are a data race; __ldg data must not be written in the launch.
+void check_global(Region& region, size_t offset, size_t size, Access access, bool read_only_load) {
+  Runtime& r = rt();
+  Launch& l = *r.launch;
+  if (region.global_shadow.empty()) region.global_shadow.assign(region.end - region.begin, ByteShadowGlobal{});
+  const uint32_t me = current_global_id();
+  const uint32_t epoch = r.block->epoch;
+  const uint64_t now = ++l.time;
   for (size_t i = offset; i < offset + size; ++i) {
     ByteShadowGlobal& s = region.global_shadow[i];
-    if (s.launch == r.launch->id && (s.writer & ~flag) != me && !(atomic && (s.writer & flag))) {
-      const uint32_t other = (s.writer & ~flag) - 1;
-      const dim3& d = r.launch->block;
-      const uint32_t per_block = d.x * d.y * d.z;
-      report_race(region, i, atomic ? Access::kAtomic : Access::kWrite,
-                  format("after a%s write by block %u %s in the same launch", (s.writer & flag) ? "n atomic" : "",
-                         other / per_block, block_thread_text(static_cast<int>(other % per_block)).c_str()));
+    if (s.launch != l.id) s = ByteShadowGlobal{l.id, 0, 0, 0, 0, 0, 0, 0, false, false};
+    const bool plain = access != Access::kAtomic;
+    if (s.writer != 0 && s.writer != me && !ordered_before(s.writer, s.writer_epoch, s.write_time)) {
+      report_race(region, i, access, "after a write by " + global_thread_text(s.writer) + " in the same launch, not ordered before it");
     }
-    s.launch = r.launch->id;
-    s.writer = me | (atomic ? flag : 0u);
+    if (read_only_load && s.writer != 0) {
+      report_race(region, i, access, "(__ldg, the read-only path) of data " + global_thread_text(s.writer) + " writes in the same launch");
+    }
+    if (access != Access::kRead) {
+      if (s.read_only_load) report_race(region, i, access, "of data read through __ldg in the same launch");
+      if (s.reader != 0 && (s.readers_in_several_blocks || (s.reader != me && !ordered_before(s.reader, s.reader_epoch, s.read_time)))) {
+        report_race(region, i, access, "after a read by " + (s.readers_in_several_blocks ? std::string("threads of several blocks") : global_thread_text(s.reader)) + " in the same launch, not ordered before it");
+      }
+    }
+    if (plain && s.atomic_by != 0 && s.atomic_by != me) {
+      report_race(region, i, access, "and an atomic by " + (s.atomic_by == kSeveral ? std::string("several threads") : global_thread_text(s.atomic_by)) + " in the same launch");
+    }
+    switch (access) {
+      case Access::kRead:
+        if (s.reader != 0 && s.reader != me && block_of(s.reader) != block_of(me)) s.readers_in_several_blocks = true;
+        s.reader = me;
+        s.reader_epoch = epoch;
+        s.read_time = now;
+        s.read_only_load |= read_only_load;
+        break;
+      case Access::kWrite:
+        s.writer = me;
+        s.writer_epoch = epoch;
+        s.write_time = now;
+        break;
+      case Access::kAtomic:
+        s.atomic_by = (s.atomic_by == 0 || s.atomic_by == me) ? me : kSeveral;
+        break;
+    }
   }
 }
 
-void on_access(const void* address, size_t size, Access access) {
+// The loaded segments of this library (its code, constants and statics: kernels may read them).
+bool in_own_library(const void* p) {
+  struct Range {
+    uintptr_t begin, end;
+  };
+  static const std::vector<Range> ranges = [] {
+    std::vector<Range> found;
+    Dl_info info;
+    dladdr(reinterpret_cast<void*>(&in_own_library), &info);
+    struct Search {
+      const void* base;
+      std::vector<Range>* out;
+    } search{info.dli_fbase, &found};
+    dl_iterate_phdr(
+        [](dl_phdr_info* object, size_t, void* data) {
+          Search* s = static_cast<Search*>(data);
+          for (int i = 0; i < object->dlpi_phnum; ++i) {
+            const ElfW(Phdr)& ph = object->dlpi_phdr[i];
+            if (ph.p_type != PT_LOAD) continue;
+            const uintptr_t begin = object->dlpi_addr + ph.p_vaddr;
+            if (object->dlpi_addr != reinterpret_cast<uintptr_t>(s->base)) break;
+            s->out->push_back(Range{begin, begin + ph.p_memsz});
+          }
+          return 0;
+        },
+        &search);
+    return found;
+  }();
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  for (const Range& range : ranges) {
+    if (a >= range.begin && a < range.end) return true;
+  }
+  return false;
+}
+
+void on_access(const void* address, size_t size, Access access, bool read_only_load = false) {
   Runtime& r = rt();
   if (r.current == nullptr || r.launch == nullptr) return;  // host code
   Region* region = find_region(address);
-  if (region == nullptr) return;  // stack, arguments, constants
+  if (region == nullptr) {
+    // The fibers' stacks (registers, local memory, kernel arguments, other lanes' fragments in
+    // a collective) and this library's constants and statics; anything else is host memory.
+    if (in_stack_pool(address) || in_own_library(address)) return;
+    fail_launch(cudaErrorIllegalAddress,
+                format("kernel %s: %s of %zu bytes at %p, which is not device memory (%s)", r.launch->name,
+                       access_name(access), size, address, thread_text(r.current).c_str()));
+  }
   const size_t offset = static_cast<const char*>(address) - region->begin;
   if (region->kind == RegionKind::kRedzone || static_cast<const char*>(address) + size > region->end) {
     fail_launch(cudaErrorIllegalAddress,
@@ -821,37 +1009,95 @@ void on_access(const void* address, size_t size, Access access) {
                        size, address, region->kind == RegionKind::kRedzone ? "next to" : "at the end of",
                        region->name.c_str(), thread_text(r.current).c_str()));
   }
-  if (region->kind == RegionKind::kShared) {
+  if (region->kind == RegionKind::kArguments) {
+    if (access != Access::kRead) {
+      fail_launch(cudaErrorIllegalAddress, format("kernel %s: %s of its own arguments (%s)", r.launch->name,
+                                                  access_name(access), thread_text(r.current).c_str()));
+    }
+  } else if (region->kind == RegionKind::kShared) {
     check_shared(*region, offset, size, access);
-  } else if (access != Access::kRead) {
-    check_global_write(*region, offset, size, access == Access::kAtomic);
+  } else {
+    check_global(*region, offset, size, access, read_only_load);
   }
 }
+
+float flush_subnormal(float v) { return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.0f, v) : v; }
 }  // namespace
 
-uint64_t atomic_rmw(void* address, int bytes, AtomicOp op, uint64_t operand, uint64_t compare) {
+void note_read_only_load(const void* address, size_t bytes) {
+#if defined(COC_RACE_HOOKS)
+  on_access(address, bytes, Access::kRead, true);
+#else
+  (void)address;
+  (void)bytes;
+#endif
+}
+
+bool check_pointer_argument(size_t index, const void* pointer, const char* kernel) {
+  if (pointer == nullptr) return true;
+  const char* p = static_cast<const char*>(pointer);
+  Region* region = find_region(p);
+  if (region == nullptr || region->kind != RegionKind::kDevice) {
+    Region* before = find_region(p - 1);  // one past the end of an allocation
+    if (before != nullptr && before->kind == RegionKind::kDevice && before->end == p) return true;
+    record_error(cudaErrorIllegalAddress, format("launch of %s refused: argument %zu (%p) does not point into device memory",
+                                                 kernel, index, pointer).c_str());
+    rt().sticky_error = cudaErrorIllegalAddress;
+    return false;
+  }
+  return true;
+}
+
+uint64_t atomic_rmw(void* address, int bytes, AtomicOp op, uint64_t operand, uint64_t compare, int order) {
+  Runtime& r = rt();
   scheduling_point();
+  if (reinterpret_cast<uintptr_t>(address) % static_cast<uintptr_t>(bytes) != 0) {
+    fail_launch(cudaErrorIllegalAddress, format("kernel %s: misaligned %d-byte atomic at %p (%s)", r.launch->name,
+                                                bytes, address, thread_text(r.current).c_str()));
+  }
   on_access(address, static_cast<size_t>(bytes), Access::kAtomic);
+  const Region* region = find_region(address);
+  const bool global = region != nullptr && region->kind == RegionKind::kDevice;
   uint64_t old = 0;
   std::memcpy(&old, address, bytes);
   uint64_t result = old;
   auto as_int = [&](uint64_t v) -> int64_t { return bytes == 4 ? static_cast<int64_t>(static_cast<int32_t>(v)) : static_cast<int64_t>(v); };
+  bool writes = true;
   switch (op) {
-    case AtomicOp::kLoad: return old;
+    case AtomicOp::kLoad: writes = false; break;
     case AtomicOp::kStore: result = operand; break;
     case AtomicOp::kExchange: result = operand; break;
     case AtomicOp::kCompareExchange:
-      if (std::memcmp(&old, &compare, bytes) == 0) result = operand;
+      writes = std::memcmp(&old, &compare, bytes) == 0;
+      if (writes) result = operand;
       break;
     case AtomicOp::kAddInt: result = old + operand; break;
-    case AtomicOp::kAddFloat: result = to_bits(from_bits<float>(old) + from_bits<float>(operand)); break;
+    case AtomicOp::kAddFloat:
+      if (global) {  // atom.global.add.f32 flushes subnormal inputs and results to zero
+        result = to_bits(flush_subnormal(flush_subnormal(from_bits<float>(old)) + flush_subnormal(from_bits<float>(operand))));
+      } else {
+        result = to_bits(from_bits<float>(old) + from_bits<float>(operand));
+      }
+      break;
     case AtomicOp::kAddDouble: result = to_bits(from_bits<double>(old) + from_bits<double>(operand)); break;
     case AtomicOp::kMaxInt: result = as_int(old) >= as_int(operand) ? old : operand; break;
     case AtomicOp::kMinInt: result = as_int(old) <= as_int(operand) ? old : operand; break;
     case AtomicOp::kOr: result = old | operand; break;
     case AtomicOp::kAnd: result = old & operand; break;
   }
-  std::memcpy(address, &result, bytes);
+  if (op != AtomicOp::kLoad) std::memcpy(address, &result, bytes);
+  if (r.current != nullptr && r.launch != nullptr) {
+    Launch& l = *r.launch;
+    const uint32_t me = current_global_id();
+    if (order & kAcquire) {
+      auto release = l.last_release.find(address);
+      if (release != l.last_release.end() && release->second.first != me) {
+        uint64_t& seen = l.acquired[me][release->second.first];
+        seen = std::max(seen, release->second.second);
+      }
+    }
+    if (writes && (order & kRelease)) l.last_release[address] = {me, ++l.time};
+  }
   return old;
 }
 
@@ -957,11 +1203,17 @@ __attribute__((visibility("default"))) void coc_configure(uint64_t seed, int sm_
   r.failures.clear();
   r.launch_log.clear();
   r.max_dynamic_smem.clear();
+  r.next_launch_id = 1;  // the same seed replays the same schedules
 }
-__attribute__((visibility("default"))) void* coc_device_alloc(size_t bytes) {
+// A device allocation (256-byte aligned like cudaMalloc's) filled with `fill` bytes.
+__attribute__((visibility("default"))) void* coc_device_alloc_filled(size_t bytes, int fill) {
   cuda_on_cpu::Region* region = cuda_on_cpu::allocate_region(bytes, 256, cuda_on_cpu::RegionKind::kDevice,
-                                                             cuda_on_cpu::format("device allocation of %zu bytes", bytes));
+                                                             cuda_on_cpu::format("device allocation of %zu bytes", bytes), fill);
   return region != nullptr ? region->begin : nullptr;
+}
+// A workspace-like device allocation: filled like shared memory (cuda_on_cpu::fill_byte).
+__attribute__((visibility("default"))) void* coc_device_alloc(size_t bytes) {
+  return coc_device_alloc_filled(bytes, cuda_on_cpu::fill_byte());
 }
 __attribute__((visibility("default"))) void coc_device_free(void* p) {
   cuda_on_cpu::Region* region = cuda_on_cpu::find_region(p);

@@ -84,10 +84,12 @@ namespace cuda_on_cpu {
 // ---------------------------------------------------------------------------------------------
 // Launches
 // ---------------------------------------------------------------------------------------------
-// Runs body() once per thread of every block of the grid (see src/runtime.cpp). `kernel_id` is
-// the kernel's address (the key of cudaFuncSetAttribute), `name` its instantiation's name.
+// Runs body(ctx) once per thread of every block of the grid (see src/runtime.cpp); the threads
+// may read the ctx_bytes at ctx (the launch's arguments). `kernel_id` is the kernel's address
+// (the key of cudaFuncSetAttribute), `name` its instantiation's name.
 cudaError_t launch(const void* kernel_id, const char* name, dim3 grid, dim3 block,
-                   size_t dynamic_smem, cudaStream_t stream, void (*body)(void*), void* ctx);
+                   size_t dynamic_smem, cudaStream_t stream, void (*body)(void*), void* ctx,
+                   size_t ctx_bytes);
 cudaError_t set_max_dynamic_smem(const void* kernel_id, int bytes);
 
 // The instantiation's name out of a __PRETTY_FUNCTION__ of launch_kernel<Kernel> (g++ spells
@@ -111,26 +113,47 @@ struct KernelSignature<void (*)(Params...)> {
   using Arguments = std::tuple<std::decay_t<Params>...>;
 };
 
+// A pointer argument of a launch must be null or point into (or just past) a device allocation.
+bool check_pointer_argument(size_t index, const void* pointer, const char* kernel);
+
+template <typename Tuple, size_t... I>
+bool check_pointer_arguments(const Tuple& arguments, const char* kernel, std::index_sequence<I...>) {
+  auto check = [&](size_t index, const auto& value) {
+    using Value = std::decay_t<decltype(value)>;
+    if constexpr (std::is_pointer_v<Value>) {
+      return check_pointer_argument(index, reinterpret_cast<const void*>(value), kernel);
+    } else {
+      return true;
+    }
+  };
+  return (check(I, std::get<I>(arguments)) && ...);
+}
+
 template <auto Kernel, typename... Args>
 cudaError_t launch_kernel(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream,
                           Args&&... args) {
   using Arguments = typename KernelSignature<decltype(Kernel)>::Arguments;
   Arguments arguments(std::forward<Args>(args)...);
+  if (!check_pointer_arguments(arguments, KernelName<Kernel>::get(),
+                               std::make_index_sequence<std::tuple_size_v<Arguments>>{})) {
+    return cudaErrorIllegalAddress;
+  }
   auto body = [](void* ctx) {
     Arguments copy = *static_cast<const Arguments*>(ctx);
     std::apply(Kernel, copy);
   };
   return launch(reinterpret_cast<const void*>(Kernel), KernelName<Kernel>::get(), grid, block,
-                dynamic_smem, stream, body, &arguments);
+                dynamic_smem, stream, body, &arguments, sizeof(arguments));
 }
 
 // ---------------------------------------------------------------------------------------------
 // Inside a kernel
 // ---------------------------------------------------------------------------------------------
-const uint3& thread_index();
-const uint3& block_index();
-const dim3& block_dimensions();
-const dim3& grid_dimensions();
+// By value: the runtime's own memory is not the kernel's to read.
+uint3 thread_index();
+uint3 block_index();
+dim3 block_dimensions();
+dim3 grid_dimensions();
 
 void sync_threads(const char* file, int line);
 [[noreturn]] void trap(const char* file, int line);
@@ -166,10 +189,15 @@ unsigned permutation_generation();
 // Fails the launch with a message (e.g. a misaligned wmma pointer).
 [[noreturn]] void fail(const char* what, const char* file, int line);
 
-// Atomics: a scheduling point, then the read-modify-write on `address` (marked atomic for the
-// race detector). Operations on 4- and 8-byte words.
+// Atomics: a scheduling point, then the operation on `address` (naturally aligned 4- or 8-byte
+// words), an atomic access for the race detector. `order` says whether it acquires and/or
+// releases (CUDA's atomicAdd & co. are relaxed): a plain access of another thread is ordered
+// before a plain access of this one only through a release it made and this one acquired.
 enum class AtomicOp : int { kLoad, kStore, kExchange, kCompareExchange, kAddInt, kAddFloat, kAddDouble, kMaxInt, kMinInt, kOr, kAnd };
-uint64_t atomic_rmw(void* address, int bytes, AtomicOp op, uint64_t operand, uint64_t compare);
+enum AtomicOrder : int { kRelaxed = 0, kAcquire = 1, kRelease = 2, kAcquireRelease = 3 };
+uint64_t atomic_rmw(void* address, int bytes, AtomicOp op, uint64_t operand, uint64_t compare, int order);
+// __ldg: the bytes must not be written during this launch (the non-coherent path), before or after.
+void note_read_only_load(const void* address, size_t bytes);
 
 template <typename T>
 uint64_t to_bits(T v) {
@@ -199,6 +227,7 @@ inline void __nanosleep(unsigned) { ::cuda_on_cpu::spin_wait(); }
 
 template <typename T>
 inline T __ldg(const T* p) {
+  ::cuda_on_cpu::note_read_only_load(p, sizeof(T));
   return *p;
 }
 
@@ -228,7 +257,7 @@ T atomic_add(T* address, T value) {
     static_assert(std::is_integral_v<T>, "atomicAdd on an integer, float or double");
     op = AtomicOp::kAddInt;
   }
-  return from_bits<T>(atomic_rmw(address, sizeof(T), op, to_bits(value), 0));
+  return from_bits<T>(atomic_rmw(address, sizeof(T), op, to_bits(value), 0, kRelaxed));
 }
 }  // namespace cuda_on_cpu::detail
 
@@ -242,20 +271,20 @@ inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v)
 template <typename T>
 inline T atomicExch(T* a, T v) {
   using namespace ::cuda_on_cpu;
-  return from_bits<T>(atomic_rmw(a, sizeof(T), AtomicOp::kExchange, to_bits(v), 0));
+  return from_bits<T>(atomic_rmw(a, sizeof(T), AtomicOp::kExchange, to_bits(v), 0, kRelaxed));
 }
 template <typename T>
 inline T atomicCAS(T* a, T compare, T v) {
   using namespace ::cuda_on_cpu;
-  return from_bits<T>(atomic_rmw(a, sizeof(T), AtomicOp::kCompareExchange, to_bits(v), to_bits(compare)));
+  return from_bits<T>(atomic_rmw(a, sizeof(T), AtomicOp::kCompareExchange, to_bits(v), to_bits(compare), kRelaxed));
 }
 inline int atomicMax(int* a, int v) {
   using namespace ::cuda_on_cpu;
-  return from_bits<int>(atomic_rmw(a, 4, AtomicOp::kMaxInt, to_bits(v), 0));
+  return from_bits<int>(atomic_rmw(a, 4, AtomicOp::kMaxInt, to_bits(v), 0, kRelaxed));
 }
 inline int atomicMin(int* a, int v) {
   using namespace ::cuda_on_cpu;
-  return from_bits<int>(atomic_rmw(a, 4, AtomicOp::kMinInt, to_bits(v), 0));
+  return from_bits<int>(atomic_rmw(a, 4, AtomicOp::kMinInt, to_bits(v), 0, kRelaxed));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,15 +303,23 @@ struct VoteLane {
 };
 void ballot_complete(void* const* lane_data, unsigned mask, const void* ctx);
 
-// Source lane of lane `lane` for the shuffle variants, or -1 (keep the own value).
+// Source lane of lane `lane` for the shuffle variants, or -1 (keep the own value): PTX's
+// shfl.sync pseudo-code with the c operand CUDA passes ((32 - width) << 8 | 0 or 0x1f).
 inline int shuffle_source(const char* kind, int lane, int arg, int width) {
-  const int segment = lane & ~(width - 1);
+  const int segmask = (32 - width) & 31;
+  const int bval = arg & 31;
+  const int clamp = kind[7] == 'u' ? 0 : 31;
+  const int max_lane = (lane & segmask) | (clamp & ~segmask);
+  const int min_lane = lane & segmask;
+  int j;
+  bool valid;
   switch (kind[7]) {  // "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync"
-    case 'u': return lane - arg >= segment ? lane - arg : -1;
-    case 'd': return lane + arg < segment + width ? lane + arg : -1;
-    case 'x': return ((lane ^ arg) & ~(width - 1)) == segment ? (lane ^ arg) : -1;
-    default: return segment + (arg & (width - 1));
+    case 'u': j = lane - bval; valid = j >= max_lane; break;
+    case 'd': j = lane + bval; valid = j <= max_lane; break;
+    case 'x': j = lane ^ bval; valid = j <= max_lane; break;
+    default: j = min_lane | (bval & ~segmask); valid = j <= max_lane; break;
   }
+  return valid ? j : -1;
 }
 
 template <typename T>
