@@ -52,6 +52,24 @@ struct DeviceRadixSort {
         !::cuda_on_cpu::check_device_range(d_values_out, n * sizeof(Value), "cub::DeviceRadixSort::SortPairs d_values_out")) {
       return cudaErrorIllegalAddress;
     }
+    // CUB requires the input, output and temp ranges not to overlap.
+    const struct Span {
+      const char* begin;
+      size_t bytes;
+    } spans[] = {{reinterpret_cast<const char*>(d_keys_in), n * sizeof(Key)},
+                 {reinterpret_cast<const char*>(d_keys_out), n * sizeof(Key)},
+                 {reinterpret_cast<const char*>(d_values_in), n * sizeof(Value)},
+                 {reinterpret_cast<const char*>(d_values_out), n * sizeof(Value)},
+                 {static_cast<const char*>(d_temp_storage), temp_storage_bytes}};
+    for (int i = 0; i < 5; ++i) {
+      for (int j = i + 1; j < 5; ++j) {
+        if (spans[i].bytes > 0 && spans[j].bytes > 0 && spans[i].begin < spans[j].begin + spans[j].bytes &&
+            spans[j].begin < spans[i].begin + spans[i].bytes) {
+          ::cuda_on_cpu::record_error(cudaErrorInvalidValue, "cub::DeviceRadixSort::SortPairs: input, output and temp ranges overlap");
+          return cudaErrorInvalidValue;
+        }
+      }
+    }
     // LSD radix sort, one bit at a time, through the temp storage (stable).
     Key* alt_keys = static_cast<Key*>(d_temp_storage);
     Value* alt_values = reinterpret_cast<Value*>(static_cast<char*>(d_temp_storage) + n * sizeof(Key));
