@@ -690,10 +690,10 @@ void launch_igemm(const IgemmArgs<typename Pol::T, typename Pol::Acc>& a, int BK
   const dim3 block(kIgemmThreads);
   const dim3 grid(static_cast<unsigned>(ceil_div(a.M, kIgemmBM)),
                   static_cast<unsigned>(a.Cout_pad / BK));
-#define ASPP_IGEMM_CASE(BK_, MODE_)                                       \
-  if (BK == BK_ && mode == MODE_) {                                       \
-    launch_kernel<aspp_igemm_kernel<Pol, BK_, MODE_>>(grid, block, 0, stream, a);    \
-    return;                                                               \
+#define ASPP_IGEMM_CASE(BK_, MODE_)                                                 \
+  if (BK == BK_ && mode == MODE_) {                                                 \
+    launch_kernel<aspp_igemm_kernel<Pol, BK_, MODE_>>(grid, block, 0, stream, a);   \
+    return;                                                                         \
   }
 #define ASPP_IGEMM_CASES(BK_)              \
   ASPP_IGEMM_CASE(BK_, kLoadPixelFast)     \

@@ -482,8 +482,9 @@ cudaError_t run_wgrad(const AsppWgradParams& p, const WgradLayout& L, cudaStream
 
     const int64_t total = static_cast<int64_t>(p.R) * p.K * p.C * 9;
     const int64_t blocks = ceil_div(total, 256) < 8192 ? ceil_div(total, 256) : 8192;
-    launch_kernel<aspp_wgrad_finalize_kernel<T, Acc>>(static_cast<unsigned>(blocks), 256, 0, stream,
-        ws, p.R, p.K, p.C, static_cast<T*>(p.grad_weight), make_strides5(p.gw_stride));
+    launch_kernel<aspp_wgrad_finalize_kernel<T, Acc>>(
+        static_cast<unsigned>(blocks), 256, 0, stream, ws, p.R, p.K, p.C,
+        static_cast<T*>(p.grad_weight), make_strides5(p.gw_stride));
   }
 
   if (p.grad_bias != nullptr) {
@@ -498,8 +499,8 @@ cudaError_t run_wgrad(const AsppWgradParams& p, const WgradLayout& L, cudaStream
     if (xb < 1) xb = 1;
     const dim3 grid(static_cast<unsigned>(xb), static_cast<unsigned>(kb));
     launch_kernel<aspp_bias_grad_kernel<T, Acc>>(grid, 256, 0, stream,
-                                                 static_cast<const T*>(p.grad_output), go_s,
-                                                            rows, p.H, p.W, p.K, channel_fast(go_s, p.K), ws_b);
+                                                 static_cast<const T*>(p.grad_output), go_s, rows,
+                                                 p.H, p.W, p.K, channel_fast(go_s, p.K), ws_b);
     const int64_t total = static_cast<int64_t>(p.R) * p.K;
     launch_kernel<aspp_bias_finalize_kernel<T, Acc>>(
         static_cast<unsigned>(ceil_div(total, 256)), 256, 0, stream,

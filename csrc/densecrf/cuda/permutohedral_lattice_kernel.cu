@@ -480,9 +480,9 @@ cudaError_t launch_lattice_build(LatticeParams& p, cudaStream_t stream) {
 
   const int64_t tiles = (cap + kScanTile - 1) / kScanTile;  // <= 2^30 / 4096 blocks
   launch_kernel<slot_count_kernel>(static_cast<int>(tiles), kThreads, 0, stream, w.state, cap,
-                                                                      w.tile_offsets);
+                                   w.tile_offsets);
   launch_kernel<tile_offsets_kernel>(1, kScanBlockThreads, 0, stream, w.tile_offsets, tiles,
-                                                           p.info + kLatticeInfoVertices);
+                                     p.info + kLatticeInfoVertices);
   launch_kernel<slot_assign_kernel>(static_cast<int>(tiles), kThreads, 0, stream,
       w.state, cap, w.tile_offsets, w.ids, w.vertex_slot);
   launch_kernel<remap_kernel>(blocks_for(entries), kThreads, 0, stream, w.ids, entries,
