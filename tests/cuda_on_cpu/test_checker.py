@@ -164,3 +164,10 @@ def test_host_memory_is_not_device_memory(asan_device, race_device):
     _, result = run_planted(asan_device, "host_pointer_argument", threads=32, expect_success=False)
     assert result.rc == 700 and "does not point into device memory" in result.failures
     assert "not device memory" in failure_of(race_device, "host_pointer_in_struct", threads=32)
+
+
+def test_dynamic_shared_memory_needs_the_opt_in_attribute(asan_device):
+    _, result = run_planted(asan_device, "dynamic_smem_without_opt_in", expect_success=False)
+    assert result.rc == 9 and "dynamic shared memory" in result.failures
+    out, _ = run_planted(asan_device, "dynamic_smem_with_opt_in")
+    assert out[0].item() == sum(range(32))

@@ -226,6 +226,11 @@ extern "C" __attribute__((visibility("default"))) int coc_planted(const char* na
   } else if (is("host_pointer_argument")) {
     std::vector<float> host(static_cast<size_t>(threads), 1.0f);
     launch_kernel<warp_sum>(1, block, 0, nullptr, host.data());
+  } else if (is("dynamic_smem_without_opt_in")) {
+    launch_kernel<warp_sum>(1, block, 64 * 1024, nullptr, out);
+  } else if (is("dynamic_smem_with_opt_in")) {
+    cudaFuncSetAttribute(&warp_sum, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+    launch_kernel<warp_sum>(1, block, 64 * 1024, nullptr, out);
   } else if (is("block_too_large")) launch_kernel<warp_sum>(1, dim3(2048), 0, nullptr, out);
   else if (is("grid_y_too_large")) launch_kernel<warp_sum>(dim3(1, 70000), block, 0, nullptr, out);
   else return -1;

@@ -215,6 +215,12 @@ T from_bits(uint64_t bits) {
 
 }  // namespace cuda_on_cpu
 
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attribute, int value) {
+  if (attribute != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return ::cuda_on_cpu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), value);
+}
+
 #define threadIdx (::cuda_on_cpu::thread_index())
 #define blockIdx (::cuda_on_cpu::block_index())
 #define blockDim (::cuda_on_cpu::block_dimensions())
