@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,7 +51,6 @@ class Result:
     out: list
     failures: str
     launch_log: str
-    launches: list[str] = field(default_factory=list)
 
     def kernels(self) -> list[str]:
         """Names of the kernel instantiations launched, in order (library calls and refused

@@ -5,39 +5,25 @@ smaller than the rates and than one tile, channel counts off the tile sizes."""
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import pytest
 import torch
 from deeplabv2_ext.aspp import _output_memory_format
 
-from test_aspp import RTOL, TF32_RTOL, assert_close, fp32_exact_rtol, make_input, make_params, reference_with_grads
+from test_aspp import (RTOL, TF32_RTOL, Case, assert_close, fp32_exact_rtol, make_input, make_params,
+                       reference_with_grads)
 
 from . import device_ops as ops
 
 
-@dataclass(frozen=True)
-class Case:
-    N: int
-    C: int
-    H: int
-    W: int
-    K: int
-    rates: tuple[int, ...]
-    layout: str = "contiguous"
-
-    def __str__(self) -> str:
-        return f"N{self.N}C{self.C}H{self.H}W{self.W}K{self.K}r{'-'.join(map(str, self.rates))}-{self.layout}"
-
-
-CASES = [
-    Case(1, 3, 1, 1, 1, (1,)),                          # one pixel, every off-centre tap outside
-    Case(2, 37, 5, 7, 19, (6, 12, 18, 24), "channels_last"),  # map smaller than every rate
-    Case(1, 5, 12, 13, 21, (1, 2, 3, 4), "sliced"),      # 156 pixels: beyond one 128-pixel tile
-    Case(3, 8, 4, 6, 33, (2, 2), "channels_last"),       # repeated rate, C % 8 == 0 (vector loads)
-    Case(1, 130, 3, 4, 21, (1, 3), "channel_slice"),     # C beyond several channel chunks
-    Case(2, 16, 6, 5, 64, (1,), "transposed"),           # K = 64: a full BK = 64 block
-    Case(1, 3, 40, 40, 5, (2,)),                         # 1600 pixels: wgrad splits the pixel range
+CASES = [  # (the Case of tests/test_aspp.py)
+    Case(1, 3, 1, 1, 1, (1,)),  # one pixel, every off-centre tap outside
+    Case(2, 37, 5, 7, 19, (6, 12, 18, 24), layout="channels_last"),  # map smaller than every rate
+    Case(1, 5, 12, 13, 21, (1, 2, 3, 4), layout="sliced"),  # 156 pixels: beyond one 128-pixel tile
+    Case(3, 8, 4, 6, 33, (2, 2), layout="channels_last"),  # repeated rate, C % 8 == 0 (vector loads)
+    Case(1, 130, 3, 4, 21, (1, 3), layout="channel_slice"),  # C beyond several channel chunks
+    Case(2, 16, 6, 5, 64, (1,), layout="transposed"),  # K = 64: a full BK = 64 block
+    Case(1, 3, 40, 40, 5, (2,)),  # 1600 pixels: wgrad splits the pixel range
 ]
 
 # (dtype, allow_tf32, expected policy in the implicit-GEMM kernel's name)
@@ -57,7 +43,7 @@ def tolerance(case: Case, dtype: torch.dtype, allow_tf32: bool) -> float:
 
 
 def inputs(case: Case, dtype: torch.dtype):
-    torch.manual_seed(zlib.crc32(str(case).encode()))
+    torch.manual_seed(zlib.crc32(case.id.encode()))
     x = make_input(case.N, case.C, case.H, case.W, dtype, "cpu", case.layout)
     w, b = make_params(len(case.rates), case.K, case.C, dtype, "cpu")
     grad_out = torch.randn(case.N, case.K, case.H, case.W).to(dtype)
@@ -78,7 +64,7 @@ def igemm_policies(result) -> list[str]:
 
 
 @pytest.mark.parametrize("dtype,allow_tf32,policy", PATHS, ids=lambda v: str(v).replace("torch.", ""))
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
 def test_aspp_forward_and_backward(asan_device, case, dtype, allow_tf32, policy):
     x, w, b, grad_out = inputs(case, dtype)
     ref, (ref_gx, ref_gw, ref_gb) = reference_with_grads(x, w, b, case.rates, grad_out)
@@ -110,7 +96,7 @@ LOAD_MODES = [  # (layout, dtype, C, expected load mode of the input tile loader
 
 @pytest.mark.parametrize("layout,dtype,C,mode", LOAD_MODES)
 def test_forward_load_modes(asan_device, layout, dtype, C, mode):
-    case = Case(1, C, 5, 6, 21, (1, 2), layout)
+    case = Case(1, C, 5, 6, 21, (1, 2), layout=layout)
     x, w, b, _ = inputs(case, dtype)
     out, result = ops.aspp_forward(asan_device, x, w, b, case.rates, output_stride(x, case.K))
     assert_close(out, reference_with_grads(x, w, b, case.rates, torch.zeros(1, 21, 5, 6))[0], tolerance(case, dtype, False))
@@ -122,7 +108,7 @@ def test_misaligned_channels_last_input_takes_the_scalar_loader(asan_device, lea
     """channels_last with C % 8 == 0 (fp16) but a data pointer off 16 bytes: the vector loader's
     alignment guard must fall back to the channel-fast scalar loader (UBSan flags a misaligned
     16-byte load otherwise)."""
-    case = Case(1, 16, 4, 5, 19, (1, 2), "channels_last")
+    case = Case(1, 16, 4, 5, 19, (1, 2), layout="channels_last")
     x, w, b, _ = inputs(case, torch.float16)
     storage = torch.empty(x.numel() + lead, dtype=x.dtype)
     shifted = torch.as_strided(storage, x.shape, x.stride(), lead)
@@ -143,7 +129,7 @@ def test_bfloat16_needs_sm80(asan_device):
 @pytest.mark.parametrize("dtype,allow_tf32,policy", [PATHS[0], PATHS[2]], ids=["float32", "float16"])
 def test_aspp_race_free(race_device, seed, dtype, allow_tf32, policy):
     """Barrier-aware race detection on every ASPP kernel, under seeded schedules."""
-    case = Case(2, 19, 6, 13, 21, (1, 3), "channels_last")
+    case = Case(2, 19, 6, 13, 21, (1, 3), layout="channels_last")
     x, w, b, grad_out = inputs(case, dtype)
     ref, (ref_gx, ref_gw, ref_gb) = reference_with_grads(x, w, b, case.rates, grad_out)
     rtol = tolerance(case, dtype, allow_tf32)
@@ -159,7 +145,7 @@ def test_aspp_race_free(race_device, seed, dtype, allow_tf32, policy):
 @pytest.mark.parametrize("sm_count", [1, 4, 132])
 def test_wgrad_split_counts(asan_device, sm_count):
     """The number of pixel-range splits follows the multiprocessor count; the sum must not."""
-    case = Case(2, 9, 24, 30, 21, (1, 4), "channels_last")
+    case = Case(2, 9, 24, 30, 21, (1, 4), layout="channels_last")
     x, w, b, grad_out = inputs(case, torch.float32)
     _, (_, ref_gw, ref_gb) = reference_with_grads(x, w, b, case.rates, grad_out)
     gw, gb, _ = ops.aspp_wgrad(asan_device, grad_out, x, w, case.rates, sm_count=sm_count)

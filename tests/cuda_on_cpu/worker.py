@@ -14,6 +14,9 @@ import struct
 import sys
 
 
+OUT_TYPES = {"out_ptr": ctypes.c_void_p, "out_i64": ctypes.c_int64, "out_i32": ctypes.c_int32}
+
+
 def _read_message(stream):
     header = stream.read(8)
     if len(header) < 8:
@@ -49,8 +52,8 @@ class Worker:
 
     def call(self, function: str, args: list, seed: int, sm_major: int, sm_count: int) -> dict:
         """args: ("buf", bytes[, offset]) | ("null",) | ("i32"|"i64", int) | ("i32s"|"i64s", list) |
-        ("str", str) | ("out_ptr",); returns rc, every buffer's bytes after the call, the
-        out-pointers' values, the runtime's failures and launch log."""
+        ("str", str) | ("out_ptr",) | ("out_i64",) | ("out_i32",); returns rc, every buffer's
+        bytes after the call, the out-pointers' values, the runtime's failures and launch log."""
         self.lib.coc_configure(seed, sm_major, sm_count)
         c_args, buffers, out_ptrs, keep = [], [], [], []
         for arg in args:
@@ -72,18 +75,8 @@ class Worker:
                 c_args.append(array)
             elif kind == "str":
                 c_args.append(ctypes.c_char_p(arg[1].encode()))
-            elif kind == "out_ptr":
-                slot = ctypes.c_void_p(None)
-                keep.append(slot)
-                out_ptrs.append(slot)
-                c_args.append(ctypes.byref(slot))
-            elif kind == "out_i64":
-                slot = ctypes.c_int64(0)
-                keep.append(slot)
-                out_ptrs.append(slot)
-                c_args.append(ctypes.byref(slot))
-            elif kind == "out_i32":
-                slot = ctypes.c_int32(0)
+            elif kind in OUT_TYPES:  # a value the function writes through a pointer
+                slot = OUT_TYPES[kind]()
                 keep.append(slot)
                 out_ptrs.append(slot)
                 c_args.append(ctypes.byref(slot))

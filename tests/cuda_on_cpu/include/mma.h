@@ -68,14 +68,6 @@ struct Shape<accumulator, M, N, K> {
 inline float to_float(float v) { return v; }
 inline float to_float(__half v) { return __half2float(v); }
 inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-inline T from_float(float v);
-template <>
-inline float from_float<float>(float v) { return v; }
-template <>
-inline __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename T>
 constexpr const char* element_name() {
@@ -221,11 +213,6 @@ template <typename Use, int M, int N, int K, typename T, typename Layout, typena
 void fill_fragment_(fragment<Use, M, N, K, T, Layout>& f, const V& value, const char* file, int line) {
   detail::warp_rendezvous("wmma::fill_fragment", file, line);
   for (int i = 0; i < f.num_elements; ++i) f.x[i] = static_cast<typename fragment<Use, M, N, K, T, Layout>::storage_type>(value);
-}
-template <typename Use, int M, int N, int K, typename Layout>
-void fill_fragment_(fragment<Use, M, N, K, __half, Layout>& f, const __half& value, const char* file, int line) {
-  detail::warp_rendezvous("wmma::fill_fragment", file, line);
-  for (int i = 0; i < f.num_elements; ++i) f.x[i] = value;
 }
 
 namespace detail {

@@ -154,7 +154,6 @@ struct Launch {
   std::string failure;
   cudaError_t failure_error = cudaSuccess;
   uint64_t switches = 0;
-  size_t static_smem = 0;  // largest per-block total seen
   size_t shared_budget = 0;   // static + (dynamic or the opt-in size) must fit
   size_t opt_in_dynamic = 0;  // the opt-in dynamic size, 0 without the attribute
   std::vector<std::string> races;
@@ -181,7 +180,6 @@ struct Block {
   int threads = 0;
   uint64_t first_global_tid = 0;
   std::vector<int> runnable;
-  int live = 0;
   int exited = 0;
   const Fiber* first_exited = nullptr;
   uint32_t epoch = 1;
@@ -516,7 +514,6 @@ void run_block(Block& b) {
   Runtime& r = rt();
   b.runnable.clear();
   for (int i = b.threads - 1; i >= 0; --i) b.runnable.push_back(i);  // back() = thread 0 first
-  b.live = b.threads;
   while (r.launch->failure.empty()) {
     if (b.runnable.empty()) {
       if (b.exited == b.threads) break;
@@ -645,7 +642,6 @@ cudaError_t launch(const void* kernel_id, const char* name, dim3 grid, dim3 bloc
     for (int i = 0; i < b.threads; ++i) {
       if (r.fibers[i].state != State::kDone) r.fibers[i].stack_dirty = true;  // abandoned
     }
-    l.static_smem = std::max(l.static_smem, b.shared_bytes);
     free_shared(b);
     r.block = nullptr;
   }
