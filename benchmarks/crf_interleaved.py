@@ -16,10 +16,8 @@ import numpy as np
 import torch
 
 import deeplabv2_ext
+from crf_inputs import VOC_CRF_PARAMS as PARAMS
 from crf_inputs import astronaut_inputs
-
-PARAMS = dict(bilateral_weight=4.0, bilateral_sxy=121.0, bilateral_srgb=5.0, gaussian_weight=3.0,
-              gaussian_sxy=3.0)
 
 
 def main() -> None:

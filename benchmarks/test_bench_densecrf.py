@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 
 import deeplabv2_ext
+from crf_inputs import VOC_CRF_PARAMS as PARAMS
 
 L = 21
 ITERATIONS = 10
-PARAMS = dict(bilateral_weight=4.0, bilateral_sxy=121.0, bilateral_srgb=5.0, gaussian_weight=3.0, gaussian_sxy=3.0)
 
 
 def _env_list(name):
