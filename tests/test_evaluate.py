@@ -73,7 +73,8 @@ def test_single_scale_is_log_softmax_of_upsampled_logits(resizing):
     log_probs = predict_log_probs(model, images, "torchvision")
     logits = F.interpolate(model(preprocess(images, "torchvision")), size=(21, 18), mode="bilinear",
                            align_corners=CONVENTIONS[resizing][1])
-    torch.testing.assert_close(log_probs, logits.log_softmax(1).clamp(min=np.log(1e-8)), atol=1e-5, rtol=0)
+    expected = logits.log_softmax(1).clamp(min=np.log(1e-8))
+    torch.testing.assert_close(log_probs, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("resizing", sorted(CONVENTIONS))
@@ -90,7 +91,8 @@ def test_multi_scale_and_flip_average_probabilities(resizing):
     resize, aligned = CONVENTIONS[resizing]
     half = F.interpolate(inputs, mode="bilinear", align_corners=aligned, **resize)
     expected = (
-        2 * F.interpolate(model(half), size=(16, 16), mode="bilinear", align_corners=aligned).softmax(1)
+        2 * F.interpolate(model(half), size=(16, 16), mode="bilinear",
+                          align_corners=aligned).softmax(1)
         + 2 * model(inputs).softmax(1)  # the model is flip-equivariant: mirrored passes agree
     ) / 4
     torch.testing.assert_close(log_probs.exp(), expected, atol=1e-5, rtol=0)

@@ -253,9 +253,10 @@ def _caffe_interp(x: torch.Tensor, zoom: int | None = None, shrink: int | None =
                   size: tuple[int, int] | None = None) -> torch.Tensor:
     """Caffe's Interp layer, to the size of its factors or to an explicit ``size`` (its
     ``height``/``width`` parameters): ``caffe_cpu_interp2`` (George Papandreou's
-    ``src/caffe/util/interp.cpp``, e.g. in hszhao/PSPNet): the same size copies; otherwise source coordinate
-    ``h1r = rheight * h2`` with ``rheight = float(h1 - 1) / (h2 - 1)`` computed in float32, the
-    taps ``int(h1r)`` and the next one (clamped at the edge), weights from ``h1r - int(h1r)``."""
+    ``src/caffe/util/interp.cpp``, e.g. in hszhao/PSPNet): the same size copies; otherwise
+    source coordinate ``h1r = rheight * h2`` with ``rheight = float(h1 - 1) / (h2 - 1)``
+    computed in float32, the taps ``int(h1r)`` and the next one (clamped at the edge), weights
+    from ``h1r - int(h1r)``: bilinear with aligned corners."""
     height1, width1 = x.shape[-2:]
     height2, width2 = size or (_caffe_interp_size(height1, zoom, shrink),
                                _caffe_interp_size(width1, zoom, shrink))
@@ -467,7 +468,8 @@ def test_resizing_rejects_unknown_names_and_non_caffe_scales():
                  lambda: DeepLabV2(5, backbone="small", resizing="Caffe"),
                  lambda: scaled_size((9, 9), 0.5, "torch"),
                  lambda: set_resizing(_model(), "isht")):
-        with pytest.raises(ValueError, match=r"resizing .*known: \['caffe', 'kazuto1011', 'isht7'\]"):
+        known = r"resizing .*known: \['caffe', 'kazuto1011', 'isht7'\]"
+        with pytest.raises(ValueError, match=known):
             call()
     with pytest.raises(ValueError, match="Interp"):
         MSC(_model(), (1.0, 0.7071), resizing="caffe")
@@ -521,8 +523,9 @@ def test_msc_equals_each_reference_in_eval(reference, size):
 @pytest.mark.parametrize("reference", ["kazuto1011", "isht7"])
 def test_msc_equals_each_reference_in_training(reference, size):
     """In training mode (BatchNorm frozen, as both references train), the outputs (scale 1,
-    0.75, 0.5, max) have each reference's sizes and values. DeepLabV2's Caffe training net is not re-implemented
-    (its prototxt was not among the sources read): the caffe convention upsamples every scale."""
+    0.75, 0.5, max) have each reference's sizes and values. DeepLabV2's Caffe training net is
+    not re-implemented (its prototxt was not among the sources read): the caffe convention
+    upsamples every scale."""
     ours, forward, x = _msc_case(reference, size, training=True)
     with torch.no_grad():
         expected = forward(x)
