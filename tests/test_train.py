@@ -235,7 +235,10 @@ def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path: Path) -> None:
     assert result.checkpoint_path == tmp_path / "checkpoints" / "latest.pt"
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert checkpoints == ["iter_000020.pt", "latest.pt"]
-    assert load_config(str(result.config_path)) == config
+    # config.yaml is the config as run: with the resizing convention build_model chose.
+    model_as_run = dataclasses.replace(config.model, msc_resizing="caffe")
+    as_run = dataclasses.replace(config, model=model_as_run)
+    assert load_config(str(result.config_path)) == as_run
     model = build_model(config.model)
     model.load_state_dict(torch.load(result.model_path, weights_only=True))
 
