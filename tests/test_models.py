@@ -113,7 +113,7 @@ class KazutoDeepLabV2(nn.Sequential):
 
 
 class KazutoMSC(nn.Module):
-    """kazuto1011/deeplab-pytorch ``libs/models/msc.py`` (commit 79cb390, the newest): the input
+    """kazuto1011/deeplab-pytorch ``libs/models/msc.py`` (as of 79cb390, its last change): the input
     resized by ``F.interpolate(scale_factor=p)``, bilinear, align_corners=False (size floor(n p),
     sampled at the step 1/p); every pyramid's logits resized to the scale-1 logits size
     (bilinear, align_corners=False) for the max; training returns [scale 1, each pyramid's

@@ -196,12 +196,11 @@ def _check_head(num_classes: int, rates: Sequence[int]) -> None:
         raise ValueError(f"rates must be a non-empty sequence of positive ints, got {rates!r}")
 
 
-def _check_resizing_of_scales(resizing: str, scales: Sequence[float]) -> str:
+def _check_resizing_of_scales(resizing: str, scales: Sequence[float]) -> None:
     check_resizing(resizing)
     if resizing == "caffe":
         for scale in scales:
             caffe_factors(scale)
-    return resizing
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
