@@ -94,8 +94,12 @@ def test_train_evaluate_predict_roundtrip(tmp_path, capsys):
     scores_path = tmp_path / "scores.json"
     assert main(["evaluate", "--config", "demo", "--weights", str(weights), "--crf", "--json",
                  str(scores_path), *TINY]) == 0
-    report = capsys.readouterr().out
+    captured = capsys.readouterr()
+    report = captured.out
     assert "mean IoU" in report and "with DenseCRF" in report
+    # The load report, with the multi-scale resizing chosen and why (on stderr).
+    assert (f"{weights}: deeplabv2 checkpoint:" in captured.err
+            and "multi-scale resizing caffe (the default" in captured.err)
     def no_nan(constant):
         raise AssertionError(f"{scores_path} is not valid JSON: {constant}")
 

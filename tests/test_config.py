@@ -63,3 +63,16 @@ def test_file_roundtrip_and_errors(tmp_path):
         load_config(str(tmp_path / "typo.yaml"))
     with pytest.raises(FileNotFoundError, match="nope"):
         load_config("nope")
+
+
+def test_resizing_and_checkpoint_keeping_settings():
+    config = load_config("voc")
+    assert config.model.msc_resizing is None  # the weights' layout's convention, else caffe
+    assert config.train.keep_checkpoints == 3
+    assert load_config("demo").train.keep_checkpoints is None  # the default: keep them all
+    config = load_config("voc", ["model.msc_resizing=kazuto1011", "train.keep_checkpoints=null"])
+    assert config.model.msc_resizing == "kazuto1011" and config.train.keep_checkpoints is None
+    with pytest.raises(ConfigError, match="model.msc_resizing: expected a string"):
+        load_config("voc", ["model.msc_resizing=[caffe]"])
+    with pytest.raises(ConfigError, match="train.keep_checkpoints: expected an integer"):
+        load_config("voc", ["train.keep_checkpoints=all"])

@@ -55,29 +55,51 @@ class RedDataset(torch.utils.data.Dataset):
         return {"image": image, "label": label, "name": str(index)}
 
 
-def test_single_scale_is_log_softmax_of_upsampled_logits():
+# Each multi-scale convention's input resize at scale 0.5 of a 16 x 16 image, and whether it
+# aligns corners (deeplabv2.models.resizing; the references are cited in tests/test_models.py).
+CONVENTIONS = {
+    "caffe": (dict(size=(8, 8)), True),  # Interp shrink 2: (16 - 1) // 2 + 1
+    "kazuto1011": (dict(scale_factor=0.5), False),  # F.interpolate(x, scale_factor=0.5)
+    "isht7": (dict(size=(9, 9)), True),  # int(16 * 0.5) + 1
+}
+
+
+@pytest.mark.parametrize("resizing", sorted(CONVENTIONS))
+def test_single_scale_is_log_softmax_of_upsampled_logits(resizing):
     torch.manual_seed(0)
     model = RedThreshold(stride=4)
+    model.resizing = resizing
     images = torch.randint(0, 256, (2, 3, 21, 18), dtype=torch.uint8)
     log_probs = predict_log_probs(model, images, "torchvision")
     logits = F.interpolate(model(preprocess(images, "torchvision")), size=(21, 18), mode="bilinear",
-                           align_corners=False)
-    torch.testing.assert_close(log_probs, logits.log_softmax(1).clamp(min=np.log(1e-8)), atol=1e-5, rtol=0)
+                           align_corners=CONVENTIONS[resizing][1])
+    expected = logits.log_softmax(1).clamp(min=np.log(1e-8))
+    torch.testing.assert_close(log_probs, expected, atol=1e-5, rtol=0)
 
 
-def test_multi_scale_and_flip_average_probabilities():
+@pytest.mark.parametrize("resizing", sorted(CONVENTIONS))
+def test_multi_scale_and_flip_average_probabilities(resizing):
+    """Test-time scales resize the input as the model's MSC convention does, and the logits back
+    to the image likewise (a model without ``resizing`` gets caffe's)."""
     model = RedThreshold(stride=1)
+    model.resizing = resizing
     images = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
     log_probs = predict_log_probs(model, images, "torchvision", scales=(0.5, 1.0), flip=True)
     assert log_probs.shape == (1, 2, 16, 16)
     torch.testing.assert_close(log_probs.exp().sum(1), torch.ones(1, 16, 16), atol=1e-5, rtol=0)
     inputs = preprocess(images, "torchvision")
-    half = F.interpolate(inputs, size=(8, 8), mode="bilinear", align_corners=False)
+    resize, aligned = CONVENTIONS[resizing]
+    half = F.interpolate(inputs, mode="bilinear", align_corners=aligned, **resize)
     expected = (
-        2 * F.interpolate(model(half), size=(16, 16), mode="bilinear", align_corners=False).softmax(1)
+        2 * F.interpolate(model(half), size=(16, 16), mode="bilinear",
+                          align_corners=aligned).softmax(1)
         + 2 * model(inputs).softmax(1)  # the model is flip-equivariant: mirrored passes agree
     ) / 4
     torch.testing.assert_close(log_probs.exp(), expected, atol=1e-5, rtol=0)
+    if resizing == "caffe":
+        del model.resizing
+        unlabelled = predict_log_probs(model, images, "torchvision", scales=(0.5, 1.0), flip=True)
+        torch.testing.assert_close(unlabelled, log_probs, atol=0, rtol=0)
     with pytest.raises(ValueError, match="scales"):
         predict_log_probs(model, images, "torchvision", scales=(0.0,))
 

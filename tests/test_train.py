@@ -235,7 +235,10 @@ def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path: Path) -> None:
     assert result.checkpoint_path == tmp_path / "checkpoints" / "latest.pt"
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert checkpoints == ["iter_000020.pt", "latest.pt"]
-    assert load_config(str(result.config_path)) == config
+    # config.yaml is the config as run: with the resizing convention build_model chose.
+    model_as_run = dataclasses.replace(config.model, msc_resizing="caffe")
+    as_run = dataclasses.replace(config, model=model_as_run)
+    assert load_config(str(result.config_path)) == as_run
     model = build_model(config.model)
     model.load_state_dict(torch.load(result.model_path, weights_only=True))
 
@@ -340,7 +343,12 @@ def test_checkpoint_contents_load_weights_only(tmp_path: Path) -> None:
     state = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
     assert {"iteration", "model", "optimizer", "scheduler", "scaler", "sampler", "rng",
             "elapsed_s", "config"} <= set(state)  # fmt: skip
-    assert state["iteration"] == 2 and state["config"] == config.to_dict()
+    # The config as run: with the resizing convention build_model chose (msc_resizing unset).
+    assert config.model.msc_resizing is None
+    as_run = config.to_dict()
+    as_run["model"]["msc_resizing"] = "caffe"
+    assert state["iteration"] == 2 and state["config"] == as_run
+    assert load_config(str(tmp_path / "config.yaml")).to_dict() == as_run
     assert state["sampler"] == {"epoch": 0, "offset": 4}
     assert all(not name.startswith("module.") for name in state["model"])
     assert_same_tensors(state["model"], state_tensors(tmp_path / "checkpoints" / "iter_000002.pt"))
@@ -398,6 +406,86 @@ def test_failed_save_keeps_the_previous_latest(
     assert load_checkpoint(checkpoints / "latest.pt")["iteration"] == 2
 
 
+def test_keep_checkpoints_prunes_and_resume_still_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted_run: TrainResult
+) -> None:
+    """keep_checkpoints=2 with a checkpoint every iteration, Ctrl-C during iteration 5, resumed
+    with `--resume auto`: the same result as the uninterrupted run, and only the 2 newest
+    `iter_*.pt` and `latest.pt` on disk at each point."""
+    config = tiny_config(tmp_path, iterations=6, checkpoint_every=1, keep_checkpoints=2)
+    checkpoints = tmp_path / "checkpoints"
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 5)
+        with pytest.raises(KeyboardInterrupt):
+            train(config)
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "iter_000003.pt", "iter_000004.pt", "latest.pt"]
+    assert load_checkpoint(checkpoints / "latest.pt")["iteration"] == 4
+    resumed = train(config, resume="auto")
+    assert resumed.losses == uninterrupted_run.losses[4:]
+    assert_same_tensors(state_tensors(uninterrupted_run.model_path),
+                        state_tensors(resumed.model_path))
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "iter_000005.pt", "iter_000006.pt", "latest.pt"]
+    assert load_checkpoint(checkpoints / "latest.pt")["iteration"] == 6
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        train(tiny_config(tmp_path, keep_checkpoints=0))
+
+
+def test_prune_checkpoints_spares_the_newest_latest_and_later_runs(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    names = [f"iter_{i:06d}.pt" for i in (1, 2, 3, 5, 9)] + ["latest.pt", "iter_best.pt"]
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    deleted = checkpoint_module.prune_checkpoints(tmp_path, 5, keep=2)
+    assert sorted(p.name for p in deleted) == ["iter_000001.pt", "iter_000002.pt"]
+    # iteration 5 (just written) and the one before it; 9 belongs to a later run; the others
+    # are not iteration checkpoints.
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "iter_000003.pt", "iter_000005.pt", "iter_000009.pt", "iter_best.pt", "latest.pt"]
+    checkpoint_module.prune_checkpoints(tmp_path, 5, keep=1)
+    assert not (folder / "iter_000003.pt").exists() and (folder / "iter_000005.pt").exists()
+    with pytest.raises(ValueError, match="keep"):
+        checkpoint_module.prune_checkpoints(tmp_path, 5, keep=0)
+
+
+def test_tensorboard_scalars_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scalars TensorBoard shows are the CSV log's, also across an interrupted and resumed
+    run (read with tensorboard's own event reader)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(tmp_path, iterations=4, log_every=1, checkpoint_every=2)
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 4)  # rows 1-3 logged, resumed from the checkpoint of iteration 2
+        with pytest.raises(KeyboardInterrupt):
+            train(config)
+    train(config, resume="auto")
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"train/loss", "train/lr", "train/images_per_s"}
+    rows = read_log(tmp_path / "train_log.csv")
+    assert [row["iteration"] for row in rows] == [1, 2, 3, 4]
+    for tag, column in (("train/loss", "loss"), ("train/lr", "lr"),
+                        ("train/images_per_s", "images_per_s")):
+        scalars = events.Scalars(tag)
+        assert [scalar.step for scalar in scalars] == [1, 2, 3, 4]
+        for scalar, row in zip(scalars, rows, strict=True):
+            assert scalar.value == pytest.approx(row[column], rel=1e-6)
+
+
+def test_training_logs_without_tensorboard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with caplog.at_level("INFO", logger="deeplabv2.train.logs"):
+        train(tiny_config(tmp_path, iterations=2))
+    assert "tensorboard is not installed" in caplog.text
+    assert not (tmp_path / "tensorboard").exists()
+    assert [row["iteration"] for row in read_log(tmp_path / "train_log.csv")] == [1, 2]
+
+
 def test_csv_log(tmp_path: Path) -> None:
     config = tiny_config(tmp_path, iterations=5, log_every=2, checkpoint_every=10, base_lr=2e-3)
     result = train(config)
@@ -441,10 +529,10 @@ from deeplabv2.train import train
 saves = Path(sys.argv[2]) / f"saves_rank{os.environ['RANK']}.txt"
 original = loop.save_checkpoint
 
-def counting_save(state, output_dir, iteration):
+def counting_save(state, output_dir, iteration, *args):
     with open(saves, "a") as handle:
         handle.write(f"{iteration}\\n")
-    return original(state, output_dir, iteration)
+    return original(state, output_dir, iteration, *args)
 
 loop.save_checkpoint = counting_save
 result = train(load_config(sys.argv[1]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -287,9 +288,28 @@ COMMANDS = {
 }
 
 
+class _StderrHandler(logging.Handler):
+    """Writes records to the current `sys.stderr` (looked up at each record, not kept)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def _show_package_logs() -> None:
+    """The package's INFO messages on stderr: e.g. what loading `model.weights` did (the load
+    report, with the multi-scale resizing convention chosen and why)."""
+    package = logging.getLogger("deeplabv2")
+    package.setLevel(logging.INFO)
+    if not any(isinstance(handler, _StderrHandler) for handler in package.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `deeplabv2` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    _show_package_logs()
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, FileNotFoundError, ValueError) as error:

@@ -27,6 +27,10 @@ class ModelConfig:
     num_classes: int = 21
     rates: tuple[int, ...] = (6, 12, 18, 24)  # ASPP-L; ASPP-S is (2, 4, 8, 12)
     msc_scales: tuple[float, ...] = (1.0, 0.75, 0.5)  # () or (1.0,): no multi-scale inputs
+    # How inputs and logits are resized per scale (MSC, eval scales, upsampling to the image), as
+    # a reference did: caffe | kazuto1011 | isht7. null: the weights' layout's (kazuto1011,
+    # isht7), else caffe.
+    msc_resizing: str | None = None
     frozen_bn: bool = True
     fused_aspp: bool = True  # False: the reference head of R nn.Conv2d summed
     weights: str | None = None  # checkpoint to start from (converted DeepLabV2, torchvision, ours)
@@ -68,6 +72,7 @@ class TrainConfig:
     head_bias_lr_mult: float = 20.0
     amp: str = "none"  # none | bf16 | fp16
     checkpoint_every: int = 1000
+    keep_checkpoints: int | None = None  # keep the newest N iter_*.pt (and latest.pt); null: all
     log_every: int = 20
     output_dir: str = "runs/voc"
     seed: int = 0

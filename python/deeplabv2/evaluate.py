@@ -6,14 +6,13 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 import deeplabv2_ext
 from deeplabv2.config import CRFConfig, EvalConfig
 from deeplabv2.metrics import ConfusionMatrix, SegmentationScores
-from deeplabv2.models import preprocess, upsample_logits
+from deeplabv2.models import DEFAULT_RESIZING, preprocess, resize_input, resize_logits
 
 
 @torch.no_grad()
@@ -27,25 +26,25 @@ def predict_log_probs(
     """Per-pixel log-probabilities [N, K, H, W] (float32) at the input size.
 
     `images` are RGB [N, 3, H, W] in 0..255 on the model's device. The model runs in eval mode on
-    the input resized by each scale (bilinear) and, with `flip`, on its mirror image too; the
-    logits are upsampled bilinearly to the input size and their softmax probabilities averaged
-    (a single scale without flip is just the log-softmax of the upsampled logits).
+    the input resized to each scale and, with `flip`, on its mirror image too; the logits are
+    upsampled bilinearly to the input size and their softmax probabilities averaged (a single
+    scale without flip is just the log-softmax of the upsampled logits). Both resizes follow the
+    model's multi-scale convention (`model.resizing`, caffe when it has none), as its MSC does:
+    an input scaled by s has one size and sampling whether MSC or this loop scales it.
     """
     if not scales or any(scale <= 0 for scale in scales):
         raise ValueError(f"scales must be positive numbers, got {tuple(scales)}")
+    resizing = getattr(model, "resizing", DEFAULT_RESIZING)
     model.eval()
     height, width = images.shape[-2:]
     inputs = preprocess(images, preprocessing)
     probabilities = None
     passes = 0
     for scale in scales:
-        scaled = inputs
-        if scale != 1.0:
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            scaled = F.interpolate(inputs, size=size, mode="bilinear", align_corners=False)
+        scaled = resize_input(inputs, scale, resizing)
         for mirrored in (False, True) if flip else (False,):
             batch = scaled.flip(-1) if mirrored else scaled
-            logits = upsample_logits(model(batch).float(), (height, width))
+            logits = resize_logits(model(batch).float(), (height, width), resizing)
             if mirrored:
                 logits = logits.flip(-1)
             softmax = logits.softmax(1)

@@ -1,18 +1,28 @@
 """DeepLabV2: dilated ResNet + ASPP at output stride 8, and MSC (multi-scale inputs, max fusion)."""
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deeplabv2.config import ModelConfig
 from deeplabv2.models.preprocessing import STYLES
+from deeplabv2.models.resizing import (
+    DEFAULT_RESIZING,
+    LAYOUT_RESIZING,
+    caffe_factors,
+    check_resizing,
+    keeps_own_size_in_training,
+    resize_input,
+    resize_logits,
+)
 from deeplabv2.models.resnet import BACKBONES, ResNet
 from deeplabv2.models.weights import load_weights
 from deeplabv2_ext import ASPP
+
+logger = logging.getLogger(__name__)
 
 
 class ConvASPP(nn.Module):
@@ -52,16 +62,19 @@ class DeepLabV2(nn.Module):
         rates: ASPP dilation rates; (6, 12, 18, 24) is ASPP-L, (2, 4, 8, 12) ASPP-S.
         frozen_bn: BatchNorm statistics and affine parameters fixed (DeepLabV2's default).
         fused_aspp: the fused ``deeplabv2_ext.ASPP`` head, else ``ConvASPP`` (R convolutions).
+        resizing: the convention (``RESIZINGS``) by which inputs and logits of this network are
+            resized: MSC's default, and evaluation's upsampling of the logits to the image.
     """
 
     output_stride = 8
 
     def __init__(self, num_classes: int, backbone: str = "resnet101",
                  rates: Sequence[int] = (6, 12, 18, 24), frozen_bn: bool = True,
-                 fused_aspp: bool = True) -> None:
+                 fused_aspp: bool = True, resizing: str = DEFAULT_RESIZING) -> None:
         super().__init__()
         _check_head(num_classes, rates)
         self.num_classes = num_classes
+        self.resizing = check_resizing(resizing)
         self.backbone = ResNet(backbone, frozen_bn=frozen_bn)
         head = ASPP if fused_aspp else ConvASPP
         self.aspp = head(self.backbone.out_channels, num_classes, tuple(rates))
@@ -70,66 +83,74 @@ class DeepLabV2(nn.Module):
         return self.aspp(self.backbone(x))
 
 
-def scaled_size(size: Sequence[int], scale: float) -> tuple[int, ...]:
-    """The size MSC resizes an input of ``size`` (H, W) to: ``floor((n - 1) * scale) + 1`` each.
-
-    This is the Caffe Interp arithmetic of DeepLabV2's MSC prototxts (shrink_factor 4,
-    zoom_factor 3 for 0.75; shrink_factor 2 for 0.5) whenever ``n - 1`` is divisible by the
-    shrink factor, e.g. 321 -> 241 and 161, 513 -> 385 and 257. Scale 1 keeps the size.
-    """
-    return tuple(int(math.floor((n - 1) * scale + 1e-6)) + 1 for n in size)
-
-
-def upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize (align_corners=False) of logits [N, K, h, w] to ``size`` (H, W)."""
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 class MSC(nn.Module):
     """Multi-scale inputs with max fusion (DeepLabV2's MSC), around a single-scale network.
 
-    For each scale s the input is resized bilinearly (align_corners=False) to
-    ``scaled_size((H, W), s)`` (scale 1.0 uses the input as is), run through ``base``, and its
-    logits resized bilinearly (align_corners=False) to the size of the scale-1.0 logits. The
-    fused output is their element-wise max.
+    For each scale s the input is resized to s (``resize_input``; scale 1.0 uses the input as
+    is) and run through ``base``; its logits are resized to the size of the scale-1.0 logits
+    (``resize_logits``), and the fused output is their element-wise max. ``resizing`` names
+    the convention of every resize (``RESIZINGS``: caffe, kazuto1011, isht7; see
+    ``deeplabv2.models.resizing``); by default the base network's, which it also sets.
 
     ``forward(x)`` returns, in training mode, ``[logits of scales[0], ..., logits of scales[-1],
-    max]`` (all at the scale-1.0 logits size, in the order of ``scales``), in eval mode the max.
+    max]`` in the order of ``scales``, each at the scale-1.0 logits size except where the
+    convention keeps a scale's own size (``keeps_own_size_in_training``); in eval mode the max.
 
     Raises:
-        ValueError: empty scales, a non-positive or repeated scale, or no 1.0 among them.
+        ValueError: empty scales, a non-positive or repeated scale, no 1.0 among them, an
+            unknown resizing, or (caffe) a scale that is no ratio of small integers.
     """
 
-    def __init__(self, base: nn.Module, scales: Sequence[float] = (1.0, 0.75, 0.5)) -> None:
+    def __init__(self, base: nn.Module, scales: Sequence[float] = (1.0, 0.75, 0.5),
+                 resizing: str | None = None) -> None:
         super().__init__()
         self.scales = _check_scales(scales)
         self.base = base
+        set_resizing(self, getattr(base, "resizing", DEFAULT_RESIZING)
+                     if resizing is None else resizing)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         logits = {1.0: self.base(x)}
         reference_size = logits[1.0].shape[-2:]
+        resized = {1.0: logits[1.0]}
         for scale in self.scales:
             if scale != 1.0:
-                scaled = F.interpolate(x, size=scaled_size(x.shape[-2:], scale),
-                                       mode="bilinear", align_corners=False)
-                logits[scale] = upsample_logits(self.base(scaled), reference_size)
-        outputs = [logits[scale] for scale in self.scales]
-        fused = torch.stack(outputs).amax(dim=0)
-        return outputs + [fused] if self.training else fused
+                logits[scale] = self.base(resize_input(x, scale, self.resizing))
+                resized[scale] = resize_logits(logits[scale], reference_size, self.resizing)
+        fused = torch.stack([resized[scale] for scale in self.scales]).amax(dim=0)
+        if not self.training:
+            return fused
+        return [logits[scale] if keeps_own_size_in_training(scale, self.resizing)
+                else resized[scale] for scale in self.scales] + [fused]
 
     def extra_repr(self) -> str:
-        return f"scales={self.scales}"
+        return f"scales={self.scales}, resizing={self.resizing!r}"
+
+
+def set_resizing(model: nn.Module, resizing: str) -> None:
+    """Sets the resizing convention of ``model`` (and of its base in MSC: one convention).
+
+    Raises:
+        ValueError: an unknown convention, or caffe with scales no Interp layer makes.
+    """
+    _check_resizing_of_scales(resizing, getattr(model, "scales", ()))
+    for module in (model, getattr(model, "base", None)):
+        if module is not None:
+            module.resizing = resizing
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """The network described by ``config``: DeepLabV2, in MSC when there are several scales.
 
     Loads ``config.weights`` (a checkpoint path; any format ``load_weights`` knows) with
-    ``strict=config.strict_weights`` when it is set.
+    ``strict=config.strict_weights`` when it is set, and logs the load report. The resizing
+    convention is ``config.msc_resizing``; when that is None, the convention of the checkpoint's
+    layout (kazuto1011, isht7) if it has one, else caffe; the report says which and why. The
+    returned model (and its base) carries it as ``resizing``.
 
     Raises:
-        ValueError: an unknown backbone or preprocessing style, num_classes < 1, empty or
-            non-positive rates, bad msc_scales (see ``MSC``).
+        ValueError: an unknown backbone, preprocessing style or msc_resizing, num_classes < 1,
+            empty or non-positive rates, bad msc_scales (see ``MSC``).
         WeightsError: the weights do not fit (see ``load_weights``).
     """
     if config.backbone not in BACKBONES:
@@ -138,16 +159,32 @@ def build_model(config: ModelConfig) -> nn.Module:
     if config.preprocessing not in STYLES:
         raise ValueError(f"model.preprocessing: unknown style {config.preprocessing!r}; "
                          f"known: {list(STYLES)}")
+    if config.msc_resizing is not None:
+        try:
+            check_resizing(config.msc_resizing)
+        except ValueError as error:
+            raise ValueError(f"model.msc_resizing: {error}") from None
     scales = tuple(config.msc_scales)
     if scales:
         _check_scales(scales)
     model: nn.Module = DeepLabV2(config.num_classes, backbone=config.backbone,
                                  rates=config.rates, frozen_bn=config.frozen_bn,
-                                 fused_aspp=config.fused_aspp)
+                                 fused_aspp=config.fused_aspp,
+                                 resizing=config.msc_resizing or DEFAULT_RESIZING)
     if len(scales) > 1:
         model = MSC(model, scales)
-    if config.weights is not None:
-        load_weights(model, config.weights, strict=config.strict_weights)
+    if config.weights is None:
+        return model
+    report = load_weights(model, config.weights, strict=config.strict_weights)
+    if config.msc_resizing is not None:
+        report.resizing = (config.msc_resizing, "model.msc_resizing")
+    elif report.format in LAYOUT_RESIZING:
+        report.resizing = (LAYOUT_RESIZING[report.format],
+                           f"the {report.format} checkpoint layout; model.msc_resizing not set")
+    else:
+        report.resizing = (DEFAULT_RESIZING, "the default; model.msc_resizing not set")
+    set_resizing(model, report.resizing[0])
+    logger.info("%s: %s", config.weights, report.summary())
     return model
 
 
@@ -157,6 +194,13 @@ def _check_head(num_classes: int, rates: Sequence[int]) -> None:
     if (not rates or isinstance(rates, (str, bytes))
             or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
         raise ValueError(f"rates must be a non-empty sequence of positive ints, got {rates!r}")
+
+
+def _check_resizing_of_scales(resizing: str, scales: Sequence[float]) -> None:
+    check_resizing(resizing)
+    if resizing == "caffe":
+        for scale in scales:
+            caffe_factors(scale)
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:

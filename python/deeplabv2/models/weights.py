@@ -66,6 +66,8 @@ class LoadReport:
         unexpected: checkpoint keys with no place in the model (``ours (from theirs)`` when
             renamed).
         mismatched: ``key: expected (shape), got (shape)`` for wrongly shaped entries (skipped).
+        resizing: (convention, why) of the model's multi-scale resizing, when ``build_model``
+            chose it (``deeplabv2.models.resizing``); None from ``load_weights`` alone.
     """
 
     format: str
@@ -75,6 +77,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    resizing: tuple[str, str] | None = None
 
     @property
     def complete(self) -> bool:
@@ -83,9 +86,12 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line for logs."""
-        return (f"{self.format} checkpoint: {len(self.loaded)} loaded, {len(self.kept)} kept, "
+        line = (f"{self.format} checkpoint: {len(self.loaded)} loaded, {len(self.kept)} kept, "
                 f"{len(self.ignored)} ignored, {len(self.missing)} missing, "
                 f"{len(self.unexpected)} unexpected, {len(self.mismatched)} wrong shape")
+        if self.resizing is not None:
+            line += f"; multi-scale resizing {self.resizing[0]} ({self.resizing[1]})"
+        return line
 
 
 class _Conversion:

@@ -120,15 +120,43 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
 
 
-def save_checkpoint(state: dict[str, Any], output_dir: Path, iteration: int) -> Path:
+def save_checkpoint(
+    state: dict[str, Any], output_dir: Path, iteration: int, keep: int | None = None
+) -> Path:
     """Writes `iter_{iteration:06d}.pt`, then `latest.pt` as a copy of it; both atomically.
 
-    Returns the path of the iteration's checkpoint.
+    With `keep`, then prunes the older checkpoints (`prune_checkpoints`). Returns the path of the
+    iteration's checkpoint.
     """
     path = checkpoint_path(output_dir, iteration)
     atomic_save(state, path)
     atomic_copy(path, latest_path(output_dir))
+    if keep is not None:
+        prune_checkpoints(output_dir, iteration, keep)
     return path
+
+
+def prune_checkpoints(output_dir: Path, iteration: int, keep: int) -> list[Path]:
+    """Deletes `iter_*.pt` files older than the `keep` newest up to `iteration` (which is kept).
+
+    `latest.pt` is never touched, nor checkpoints past `iteration` (another run's, in a reused
+    folder). Called once `iteration`'s checkpoint and `latest.pt` are complete, so an interrupted
+    prune leaves extra files, never missing ones. Returns the deleted paths.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    older = []
+    for path in (output_dir / CHECKPOINT_DIR).glob("iter_*.pt"):
+        number = path.stem.removeprefix("iter_")
+        if number.isdigit() and int(number) < iteration:
+            older.append((int(number), path))
+    doomed = [path for _, path in sorted(older)[: max(0, len(older) - (keep - 1))]]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    if doomed:
+        _sync_directory(output_dir / CHECKPOINT_DIR)
+    return doomed
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -65,7 +65,10 @@ def _open_tensorboard(directory: Path, start_iteration: int) -> Any | None:
     except ImportError:
         logger.info("tensorboard is not installed: no TensorBoard logs (the CSV log is written)")
         return None
-    return SummaryWriter(str(directory), purge_step=start_iteration or None)
+    # A resumed run purges the events its predecessor wrote past the checkpoint, as the CSV
+    # log drops those rows: purge_step is the first step written again.
+    purge_step = start_iteration + 1 if start_iteration else None
+    return SummaryWriter(str(directory), purge_step=purge_step)
 
 
 class TrainLogger:

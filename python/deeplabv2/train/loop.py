@@ -9,6 +9,7 @@ output; it is divided by accumulation_steps, and DDP averages the gradients over
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -224,6 +225,9 @@ def _validate(config: TrainConfig) -> None:
     for key in ("iterations", "checkpoint_every", "log_every"):
         if getattr(config, key) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(config, key)}")
+    if config.keep_checkpoints is not None and config.keep_checkpoints < 1:
+        raise ValueError(f"train.keep_checkpoints must be >= 1 or null (keep all), "
+                         f"got {config.keep_checkpoints}")
 
 
 def train(config: Config, resume: str | None = None) -> TrainResult:
@@ -253,6 +257,11 @@ def _train(
 
     seed_everything(settings.seed)
     model = build_model(config.model).to(device)
+    # config.yaml and the checkpoints record the resizing convention in use, also when
+    # build_model chose it from the weights' layout.
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, msc_resizing=model.resizing)
+    )
     train_set = build_train_dataset(config.data, padding_rgb(style))
     if train_set.num_classes != config.model.num_classes:
         raise ValueError(
@@ -335,7 +344,7 @@ def _train(
                     elapsed_before + time.perf_counter() - start, config, context,
                 )
                 if context.is_main:
-                    save_checkpoint(checkpoint, output_dir, iteration)
+                    save_checkpoint(checkpoint, output_dir, iteration, settings.keep_checkpoints)
         seconds = time.perf_counter() - start
         if context.is_main:
             save_weights(distributed.unwrap(network).state_dict(), output_dir)
