@@ -435,11 +435,11 @@ def test_bf16_autocast_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         result = train(tiny_config(tmp_path / amp, iterations=2, amp=amp))
         assert logits_dtypes and set(logits_dtypes) == {dtype}, (amp, logits_dtypes)
         losses[amp] = torch.tensor([loss for _, loss in result.losses])
-    # bf16 keeps 8 significant bits (rounding 2^-9 = 0.2 % relative per value). Measured here:
-    # losses 6.72 and 13.63, 0.04 % and 0.02 % from float32; the bound is 25x that, and a wrong
-    # cast, weight or kernel under autocast moves the loss by far more.
+    # bf16 keeps 8 significant bits (rounding 2^-9 = 0.2 % relative per value). Measured on the
+    # 2-core VM: losses 6.72 and 13.63, 0.04 % and 0.02 % from float32. The bound (0.5 %) is
+    # 12x that; ASPP weights 5 % off under autocast moved the second loss by 10 %.
     assert not torch.equal(losses["bf16"], losses["none"])
-    torch.testing.assert_close(losses["bf16"], losses["none"], rtol=1e-2, atol=0)
+    torch.testing.assert_close(losses["bf16"], losses["none"], rtol=5e-3, atol=0)
     weights = state_tensors(tmp_path / "bf16" / "model.pt")
     assert all(value.dtype != torch.bfloat16 for value in weights.values())  # fp32 master weights
     initial = build_model(tiny_config(tmp_path).model).state_dict()
