@@ -428,7 +428,8 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values, const at::Tensor& 
 std::vector<std::string> cpu_neighbour_searches(const at::Tensor& features) {
   check_lattice_args(features);
   TORCH_CHECK_VALUE(features.device().is_cpu(),
-                    "cpu_neighbour_searches: features must be on the CPU, got ", features.device());
+                    "cpu_lattice_neighbour_searches: features must be on the CPU, got ",
+                    features.device());
   const auto f = features.contiguous();
   const int64_t N = f.size(0), P = f.size(2);
   const int d = static_cast<int>(f.size(1));
