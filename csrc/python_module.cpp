@@ -3,9 +3,22 @@
 #include <torch/extension.h>
 
 #include "deeplabv2_ext.h"
+#include "aspp/cpu/aspp_kernel.h"
+#include "densecrf/cpu/lattice_loops.h"
+#include "densecrf/cpu/permutohedral_kernel.h"
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "deeplabv2_ext native operators (fused ASPP, DenseCRF)";
   m.def("cuda_kernels_available", &deeplabv2_ext::cuda_kernels_available,
         "Whether this build of deeplabv2_ext contains its CUDA kernels.");
+
+  // The code paths the CPU kernels choose (for bug reports, and for the tests of the switches).
+  m.def("cpu_isa",
+        [] { return std::string(deeplabv2_ext::densecrf::cpu::using_avx2() ? "avx2+fma"
+                                                                              : "baseline"); },
+        "The build of the CPU lattice loops in use: \"avx2+fma\" or \"baseline\".");
+  m.def("cpu_lattice_neighbour_searches", &deeplabv2_ext::densecrf::cpu_neighbour_searches,
+        "Per image, the blur-neighbour search of the CPU lattice: \"merge\" or \"hash\".");
+  m.def("cpu_aspp_row_blocks", &deeplabv2_ext::aspp::cpu_row_blocks,
+        "The (dy, row_begin, row_end) row blocks the CPU ASPP kernels visit per image.");
 }

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import deeplabv2_ext
 from deeplabv2_ext import ASPP, aspp
+from deeplabv2_ext._extension import cpu_aspp_row_blocks
 
 try:  # hypothesis is optional (absent on the bare GPU machine): fall back to the seeded sweeps
     from hypothesis import HealthCheck, given, settings
@@ -314,20 +315,48 @@ def test_many_branches(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dims", [(1, 0, 5, 5, 2), (1, 3, 5, 5, 0), (1, 3, 0, 5, 2), (1, 3, 5, 0, 2)],
-                         ids=["C0", "K0", "H0", "W0"])
-def test_degenerate_sizes_raise_or_work(device, dims):
-    """Zero-sized C, K, H or W: a clean error or a correct (empty / zero) result, never a crash."""
+@pytest.mark.parametrize(
+    "dims,message",
+    [((1, 0, 5, 5, 2), "channel counts C and K must be at least 1"),
+     ((1, 3, 5, 5, 0), "channel counts C and K must be at least 1"),
+     ((1, 3, 0, 5, 2), "height and width must be at least 1"),
+     ((1, 3, 5, 0, 2), "height and width must be at least 1")],
+    ids=["C0", "K0", "H0", "W0"])
+def test_zero_sizes_raise(device, dims, message):
+    """Zero-sized C, K, H or W: a ValueError that names the size (an empty batch works:
+    test_empty_batch)."""
     N, C, H, W, K = dims
     x = torch.randn(N, C, H, W, device=device)
     w = torch.randn(2, K, C, 3, 3, device=device)
     b = torch.randn(2, K, device=device)
-    try:
-        out = aspp(x, w, b, (1, 2))
-    except ANY_ERROR:
-        return
-    assert tuple(out.shape) == (N, K, H, W)
-    assert_close(out, reference_forward(x, w, b, (1, 2)), 1e-5)
+    with pytest.raises(ValueError, match=message):
+        aspp(x, w, b, (1, 2))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpu_row_block_path(layout):
+    """The CPU kernels process a row group (the taps of one dy) in blocks of rows when its
+    U_g*K x pixels buffer would pass their scratch cap; the other cases are far too small for
+    that. Here (K = 64, W = 2000) every row group is split, as the kernel's own plan reports, and
+    forward and backward still match the float64 reference."""
+    case = Case(1, 2, 24, 2000, 64, (1, 2), layout=layout)
+    x = make_input(case.N, case.C, case.H, case.W, torch.float64, "cpu", case.layout)
+    w, _ = make_params(len(case.rates), case.K, case.C, torch.float64, "cpu")
+    blocks = cpu_aspp_row_blocks(x, w, case.rates)
+    spans = {}
+    for dy, row_begin, row_end in blocks:
+        spans.setdefault(dy, []).append((row_begin, row_end))
+    assert sorted(spans) == [-2, -1, 0, 1, 2]
+    for dy, group in spans.items():
+        assert len(group) > 1, (dy, group)
+        # the blocks tile the group's source rows [max(0, dy), H + min(0, dy)) in order
+        assert group[0][0] == max(0, dy) and group[-1][1] == case.H + min(0, dy)
+        assert all(end == next_begin for (_, end), (next_begin, _) in zip(group, group[1:]))
+    # a small map: one block per row group
+    x_small, (w_small, _) = make_input(2, 3, 5, 7, torch.float64, "cpu"), make_params(
+        2, 2, 3, torch.float64, "cpu")
+    assert [dy for dy, _, _ in cpu_aspp_row_blocks(x_small, w_small, (1, 2))] == [-2, -1, 0, 1, 2]
+    run_case(case, torch.float64, "cpu")
 
 
 @pytest.mark.parametrize("device", DEVICES)

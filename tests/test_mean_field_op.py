@@ -3,12 +3,15 @@
 ``dense_crf`` runs it when no gradient is needed (and unary is not float64); otherwise it runs the
 differentiable loop of torch ops around ``permutohedral_filter``. The agreement of the fused op
 with pydensecrf is tested in test_densecrf.py (every no-grad case goes through it); here it is
-compared with the differentiable loop, across its two CPU builds (baseline and AVX2), with and
-without the point-group hint, and its argument checks and schema are tested.
+compared with the differentiable loop, across its two CPU builds (baseline and AVX2, each
+selection asserted), with and without the point-group hint, and with a closed form on one-pixel
+images; its argument checks and schema are tested, and the lattice's two neighbour searches.
 """
 import os
+import platform
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -16,6 +19,9 @@ import torch
 
 import deeplabv2_ext
 from deeplabv2_ext import densecrf as crf
+from deeplabv2_ext._extension import cpu_isa, cpu_lattice_neighbour_searches
+
+from test_permutohedral import round_trip, slice_alpha
 
 skimage_data = pytest.importorskip("skimage.data")
 ops = torch.ops.deeplabv2_ext
@@ -61,6 +67,27 @@ def test_fused_matches_differentiable_path(labels, normalization, device):
     torch.testing.assert_close(fused, reference, rtol=0, atol=2e-5)
     torch.testing.assert_close(fused.sum(1), torch.ones(2, 37, 45, device=device), rtol=0,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", ["fused", "differentiable"])
+def test_unnormalised_crf_of_black_one_pixel_images(path, device):
+    """1x1 black images: both kernels' features are 0, where the unnormalised filter multiplies
+    a lone point's value by alpha(D) round_trip(D) (derived in test_permutohedral.py), D = 2 for
+    the Gaussian and 5 for the bilateral kernel. With normalization="none" and Potts weights the
+    update is then Q <- softmax(unary + (w_g c(2) + w_b c(5)) Q), c(D) = alpha(D) round_trip(D),
+    which pins the slice constant of both loops (the normalisations divide it out)."""
+    weights = dict(gaussian_weight=0.7, bilateral_weight=1.3)
+    gain = sum(weights[name] * slice_alpha(d) * round_trip(d)
+               for name, d in (("gaussian_weight", 2), ("bilateral_weight", 5)))
+    unary = torch.randn(3, 4, 1, 1, generator=torch.Generator().manual_seed(5))
+    expected = torch.softmax(unary.double(), 1)
+    for _ in range(3):
+        expected = torch.softmax(unary.double() + gain * expected, 1)
+    image = torch.zeros(3, 3, 1, 1, dtype=torch.uint8, device=device)
+    run = fused_path if path == "fused" else differentiable_path
+    q = run(unary.to(device), image, 3, normalization="none", **weights)
+    torch.testing.assert_close(q.cpu().double(), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.cuda
@@ -134,29 +161,59 @@ def test_point_groups_only_change_rounding():
         torch.testing.assert_close(grouped, ungrouped, rtol=0, atol=1e-5)
 
 
+def cpu_has_avx2_and_fma():
+    """Whether the CPU has AVX2 and FMA (from /proc/cpuinfo); None where that cannot be told.
+    The AVX2 loops exist on x86-64 only."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return None
+    return "avx2" in flags and "fma" in flags
+
+
+def run_fresh_process(script, inputs, env):
+    """Runs `script` in a fresh Python with `env` added to the environment: it gets the path of
+    torch.save(inputs) and of its output as argv[1], argv[2]; returns torch.load of the output."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs_path, outputs_path = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
+        torch.save(inputs, inputs_path)
+        subprocess.run([sys.executable, "-c", script, inputs_path, outputs_path], check=True,
+                       env=dict(os.environ, **env), cwd=tmp)
+        return torch.load(outputs_path)
+
+
 def test_baseline_build_matches_avx2_build():
-    """DEEPLABV2_EXT_CPU_ISA=default selects the baseline (SSE2) loops in a fresh process; the
-    numbers must agree with this process's loops (AVX2+FMA on CPUs that have them)."""
+    """DEEPLABV2_EXT_CPU_ISA=default selects the baseline (SSE2) loops in a fresh process; this
+    process uses the AVX2+FMA loops where the CPU has them. Both selections are asserted, then
+    the numbers of the two builds must agree."""
     script = (
         "import sys, torch, deeplabv2_ext\n"
+        "from deeplabv2_ext._extension import cpu_isa\n"
         "unary, image = torch.load(sys.argv[1])\n"
         "with torch.no_grad():\n"
         "    q = deeplabv2_ext.dense_crf(unary, image, 5)\n"
         "f = deeplabv2_ext.permutohedral_filter(unary.exp(), image.float() / 10.0)\n"
-        "torch.save((q, f), sys.argv[2])\n")
+        "torch.save((cpu_isa(), q, f), sys.argv[2])\n")
     image = photo_batch(1, 45, 38)
     unary = smooth_unary(1, 21, 45, 38)
+    baseline_isa, baseline, filtered_baseline = run_fresh_process(
+        script, (unary, image), {"DEEPLABV2_EXT_CPU_ISA": "default"})
+    assert baseline_isa == "baseline"
+
+    has_avx2 = cpu_has_avx2_and_fma()
+    if has_avx2 is None:
+        pytest.skip("cannot tell whether this CPU has AVX2 and FMA (no /proc/cpuinfo)")
+    forced_baseline = os.environ.get("DEEPLABV2_EXT_CPU_ISA") == "default"
+    assert cpu_isa() == ("avx2+fma" if has_avx2 and not forced_baseline else "baseline")
+    if cpu_isa() != "avx2+fma":
+        pytest.skip("this process runs the baseline loops too (no AVX2+FMA on this CPU, or "
+                    "DEEPLABV2_EXT_CPU_ISA=default): nothing to compare the baseline with")
     with torch.no_grad():
         here = deeplabv2_ext.dense_crf(unary, image, 5)
     filtered_here = deeplabv2_ext.permutohedral_filter(unary.exp(), image.float() / 10.0)
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs, outputs = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
-        torch.save((unary, image), inputs)
-        env = dict(os.environ, DEEPLABV2_EXT_CPU_ISA="default")
-        subprocess.run([sys.executable, "-c", script, inputs, outputs], check=True, env=env,
-                       cwd=tmp)
-        baseline, filtered_baseline = torch.load(outputs)
     torch.testing.assert_close(baseline, here, rtol=0, atol=1e-5)
     torch.testing.assert_close(filtered_baseline, filtered_here, rtol=1e-5, atol=1e-4)
 
@@ -180,26 +237,29 @@ def test_lattice_does_not_depend_on_thread_count():
 def test_merged_neighbours_equal_hash_lookups():
     """The blur neighbours are found by merging the sorted packed keys; a fresh process with
     DEEPLABV2_EXT_LATTICE_NEIGHBOURS=hash looks them up in the hash table instead: the same
-    lattice."""
+    lattice. Keys too wide to pack (D = 16, large features) take the hash lookups everywhere."""
+    if os.environ.get("DEEPLABV2_EXT_LATTICE_NEIGHBOURS") == "hash":
+        pytest.skip("DEEPLABV2_EXT_LATTICE_NEIGHBOURS=hash is set here too: nothing to compare")
     g = torch.Generator().manual_seed(3)
-    features = [crf.bilateral_features(photo_batch(2, 33, 41), 13.0, 5.0),
-                crf.gaussian_features(1, 29, 31, 2.0, torch.device("cpu")),
-                torch.randn(2, 3, 200, generator=g) * 4.0,
-                torch.randn(1, 1, 50, generator=g) * 3.0]
+    packed = [crf.bilateral_features(photo_batch(2, 33, 41), 13.0, 5.0),
+              crf.gaussian_features(1, 29, 31, 2.0, torch.device("cpu")),
+              torch.randn(2, 3, 200, generator=g) * 4.0,
+              torch.randn(1, 1, 50, generator=g) * 3.0]
+    unpacked = [torch.randn(2, 16, 300, generator=g) * 30.0]
+    features = packed + unpacked
     script = (
         "import sys, torch\n"
         "from deeplabv2_ext import densecrf as crf\n"
+        "from deeplabv2_ext._extension import cpu_lattice_neighbour_searches as searches\n"
         "features = torch.load(sys.argv[1])\n"
-        "torch.save([tuple(crf.build_lattice(f)) for f in features], sys.argv[2])\n")
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs, outputs = os.path.join(tmp, "in.pt"), os.path.join(tmp, "out.pt")
-        torch.save(features, inputs)
-        env = dict(os.environ, DEEPLABV2_EXT_LATTICE_NEIGHBOURS="hash")
-        subprocess.run([sys.executable, "-c", script, inputs, outputs], check=True, env=env,
-                       cwd=tmp)
-        looked_up = torch.load(outputs)
-    for f, reference in zip(features, looked_up):
+        "torch.save([(searches(f), tuple(crf.build_lattice(f))) for f in features], sys.argv[2])\n")
+    looked_up = run_fresh_process(script, features, {"DEEPLABV2_EXT_LATTICE_NEIGHBOURS": "hash"})
+    for f in packed:
+        assert cpu_lattice_neighbour_searches(f) == ["merge"] * f.shape[0]
+    for f in unpacked:
+        assert cpu_lattice_neighbour_searches(f) == ["hash"] * f.shape[0]
+    for f, (searches, reference) in zip(features, looked_up):
+        assert searches == ["hash"] * f.shape[0]
         for merged, hashed in zip(crf.build_lattice(f), reference):
             assert torch.equal(merged, hashed)
 

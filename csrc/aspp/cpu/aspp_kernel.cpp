@@ -18,6 +18,8 @@
 // moves data between rows, so row blocks are independent). GEMMs run multithreaded inside ATen;
 // the shift/accumulate loops use at::parallel_for over rows/pixels that each thread owns
 // exclusively (no atomics). float16/bfloat16 are computed in float32 and rounded once.
+#include "aspp_kernel.h"
+
 #include "../aspp.h"
 
 #include <ATen/ATen.h>
@@ -27,6 +29,7 @@
 
 #include <algorithm>
 #include <map>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -367,6 +370,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cpu(
 }
 
 }  // namespace
+
+std::vector<std::tuple<int64_t, int64_t, int64_t>> cpu_row_blocks(const at::Tensor& input,
+                                                                  const at::Tensor& weight,
+                                                                  at::IntArrayRef rates) {
+  check_forward_args(input, weight, std::nullopt, rates);
+  const int64_t K = weight.size(1), H = input.size(2), W = input.size(3);
+  const auto layout = tap_layout(rates, H, W);
+  // for_each_block only narrows the merged weight: an empty [U*K, 0] one stands in for it.
+  const auto no_weight = at::empty({static_cast<int64_t>(layout.offsets.size()) * K, 0});
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> blocks;
+  for_each_block(layout, no_weight, K, H, W, /*channels_last=*/false,
+                 [&](const at::Tensor&, const ShiftBlock& b) {
+                   blocks.emplace_back(b.dy(), b.row_begin, b.row_end);
+                 });
+  return blocks;
+}
 
 TORCH_LIBRARY_IMPL(deeplabv2_ext, CPU, m) {
   m.impl("aspp", &aspp_forward_cpu);

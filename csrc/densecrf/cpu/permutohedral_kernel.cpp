@@ -16,6 +16,8 @@
 // parallel without atomics; blur and slice run in parallel over vertices and points. All V
 // values of a vertex are contiguous and processed together. The loops are in
 // lattice_loops_impl.h (AVX2+FMA when the CPU has them).
+#include "permutohedral_kernel.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -24,6 +26,7 @@
 #include <array>
 #include <cstdlib>
 #include <numeric>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -247,6 +250,14 @@ bool hash_neighbour_search_requested() {
   return requested;
 }
 
+enum class NeighbourSearch { kMerge, kHash };
+
+// The search fill_blur_neighbors runs: the merge needs the packed codes.
+NeighbourSearch neighbour_search(const SortedVertices& sorted) {
+  return !sorted.codes.empty() && !hash_neighbour_search_requested() ? NeighbourSearch::kMerge
+                                                                      : NeighbourSearch::kHash;
+}
+
 // Fills the blur neighbours of one image's vertices (new ids i, global id offset + i) along
 // every axis. Vertex i's "+1" neighbour j along an axis has i as its "-1" neighbour (the two
 // moves are inverse), so one search fills both; distinct i give distinct j, so writes never
@@ -260,7 +271,7 @@ void fill_blur_neighbors(const KeyTable& table, const SortedVertices& sorted,
     neighbors[(axis * M_total + offset + i) * 2 + 1] = static_cast<int32_t>(j + offset);
     neighbors[(axis * M_total + offset + j) * 2] = static_cast<int32_t>(i + offset);
   };
-  if (!sorted.codes.empty() && !hash_neighbour_search_requested()) {
+  if (neighbour_search(sorted) == NeighbourSearch::kMerge) {
     // Packed codes: the "+1" move adds a constant to the code of every vertex whose moved key
     // stays inside the coordinate ranges (no other vertex can have that neighbour), and a
     // translation keeps the lexicographic order, so each axis is one merge of the sorted codes
@@ -413,6 +424,27 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values, const at::Tensor& 
 }
 
 }  // namespace
+
+std::vector<std::string> cpu_neighbour_searches(const at::Tensor& features) {
+  check_lattice_args(features);
+  TORCH_CHECK_VALUE(features.device().is_cpu(),
+                    "cpu_lattice_neighbour_searches: features must be on the CPU, got ",
+                    features.device());
+  const auto f = features.contiguous();
+  const int64_t N = f.size(0), P = f.size(2);
+  const int d = static_cast<int>(f.size(1));
+  std::vector<int32_t> vertex_index(static_cast<size_t>(P * (d + 1)));
+  std::vector<float> vertex_weight(vertex_index.size());
+  std::vector<std::string> searches;
+  for (int64_t n = 0; n < N; ++n) {
+    const KeyTable table = build_image_lattice(f.data_ptr<float>() + n * d * P, P, d,
+                                               vertex_index.data(), vertex_weight.data());
+    searches.emplace_back(neighbour_search(lexicographic_order(table)) == NeighbourSearch::kMerge
+                              ? "merge"
+                              : "hash");
+  }
+  return searches;
+}
 
 TORCH_LIBRARY_IMPL(deeplabv2_ext, CPU, m) {
   m.impl("permutohedral_lattice", &permutohedral_lattice_cpu);
