@@ -1067,24 +1067,26 @@ def test_misaligned_channels_last(device, dtype, lead):
         assert_close(g, r, RTOL[dtype], name)
 
 
-@CUDA
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cudnn_tf32", [False, True], ids=["cudnn_tf32_off", "cudnn_tf32_on"])
 @pytest.mark.parametrize("matmul_tf32", [False, True], ids=["matmul_tf32_off", "matmul_tf32_on"])
-def test_cuda_tf32_follows_the_cudnn_switch_alone(cudnn_tf32, matmul_tf32):
-    """float32 uses TF32 iff torch.backends.cudnn.allow_tf32 (at::globalContext().allowTF32CuDNN(),
-    as for conv2d); the matmul switch plays no part. Inputs and grad_output are 1 + 2^-13, which
-    TF32 rounds to 1, weights are 1: every sum is exact in float32 either way, so the results
-    show exactly whether the forward, dgrad and wgrad rounded their operands to TF32."""
+def test_tf32_follows_the_cudnn_switch_alone(device, cudnn_tf32, matmul_tf32):
+    """float32 on CUDA uses TF32 iff torch.backends.cudnn.allow_tf32 (at::globalContext().
+    allowTF32CuDNN(), as for conv2d); the matmul switch plays no part; the CPU op is exact
+    whatever the switches. Inputs and grad_output are 1 + 2^-13, which TF32 rounds to 1, weights
+    are 1: every sum is exact in float32 either way, so the results show exactly whether the
+    forward, dgrad and wgrad rounded their operands to TF32."""
     torch.backends.cudnn.allow_tf32 = cudnn_tf32  # restored by tests/conftest.py
     torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
     value = 1 + 2.0**-13
     rates = [1, 2]
-    x = torch.full((2, 8, 5, 6), value, device="cuda")
-    grad_out = torch.full((2, 4, 5, 6), value, device="cuda")
-    w = torch.ones(len(rates), 4, 8, 3, 3, device="cuda")
+    x = torch.full((2, 8, 5, 6), value, device=device)
+    grad_out = torch.full((2, 4, 5, 6), value, device=device)
+    w = torch.ones(len(rates), 4, 8, 3, 3, device=device)
     out = OPS.aspp(x, w, None, rates)
     grad_input, grad_weight, _ = OPS.aspp_backward(grad_out, x, w, rates, [True, True, False])
-    seen = 1.0 if cudnn_tf32 else value  # the operand values the kernels multiplied
+    uses_tf32 = device == "cuda" and cudnn_tf32
+    seen = 1.0 if uses_tf32 else value  # the operand values the kernels multiplied
     ref, (ref_gi, ref_gw, _) = reference_with_grads(torch.full_like(x, seen), w, None, rates,
                                                    torch.full_like(grad_out, seen))
     for name, got, expected in (("output", out, ref), ("grad_input", grad_input, ref_gi),
