@@ -3,7 +3,17 @@
 # of the tests, compute-sanitizer (memcheck + racecheck) for ASPP and DenseCRF, benchmarks +
 # markdown summary.
 #
-#   OUT=/some/dir bash benchmarks/gpu_check.sh        (run from anywhere; OUT defaults to ./gpu_out)
+#   bash benchmarks/gpu_check.sh --prep               (here, with the package index: fetches what
+#                                                      the GPU machine lacks into build-gpu-deps/)
+#   OUT=/some/dir bash benchmarks/gpu_check.sh        (there; run from anywhere; OUT defaults to
+#                                                      ./gpu_out)
+#
+# pydensecrf (the reference of the CRF tests) is not on the GPU image and the machine has no
+# network: --prep downloads the pydensecrf2 sdist and the pure-Python Cython wheel its setup.py
+# requires into build-gpu-deps/ (ignored by git, so bring it along: e.g. the device tool's
+# `carry`); the deps stage there builds pydensecrf from it with the machine's compiler, Cython only
+# on the build's PYTHONPATH. Without build-gpu-deps/ the stage is skipped and the tests that need
+# pydensecrf report themselves skipped.
 #
 # Every stage runs even when an earlier one failed; its rc and duration are recorded, a table is
 # printed at the end and written to $OUT/summary.txt, and the script exits 1 if any stage failed.
@@ -14,6 +24,18 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+DEPS_DIR="$REPO/build-gpu-deps"
+PYDENSECRF_SDIST="pydensecrf2==1.1"
+CYTHON_WHEEL="Cython==0.29.36"  # pydensecrf2 1.1's setup_requires, exactly
+
+if [[ "${1:-}" == "--prep" ]]; then
+    mkdir -p "$DEPS_DIR"
+    python3 -m pip download --no-deps --no-binary=:all: -d "$DEPS_DIR" "$PYDENSECRF_SDIST"
+    python3 -m pip download --no-deps --only-binary=:all: --implementation py --abi none \
+        --platform any -d "$DEPS_DIR" "$CYTHON_WHEEL"
+    ls -l "$DEPS_DIR"
+    exit 0
+fi
 OUT="${OUT:-$REPO/gpu_out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -89,7 +111,29 @@ export -f env_info
 run_stage env 60 bash -c env_info
 cp "$OUT/env.log" "$OUT/env.txt" 2>/dev/null || true
 
-# ------------------------------------------------------------------------------------ 2. build
+# ------------------------------------------------------------------------------------ 2. deps
+install_pydensecrf() {
+    if python -c "import pydensecrf.densecrf" 2>/dev/null; then echo "pydensecrf already installed"; return 0; fi
+    local sdist cython
+    sdist=$(ls "$DEPS_DIR"/pydensecrf2-*.tar.gz 2>/dev/null | head -n 1)
+    cython=$(ls "$DEPS_DIR"/Cython-*.whl 2>/dev/null | head -n 1)
+    if [[ -z "$sdist" || -z "$cython" ]]; then
+        echo "no $DEPS_DIR/pydensecrf2-*.tar.gz + Cython-*.whl (run --prep and bring the folder):" \
+            "the tests that need pydensecrf will be skipped"
+        return 0
+    fi
+    local cython_site
+    cython_site=$(mktemp -d)
+    python -m pip install --no-index --no-deps --target "$cython_site" "$cython"
+    PYTHONPATH="$cython_site" python -m pip install --no-index --no-deps --no-build-isolation "$sdist"
+    rm -rf "$cython_site"
+    (cd "$PYRUN_DIR" && python -c "import pydensecrf.densecrf as d; print('pydensecrf from', d.__file__)")
+}
+export DEPS_DIR
+export -f install_pydensecrf
+run_stage deps 120 bash -c install_pydensecrf
+
+# ------------------------------------------------------------------------------------ 3. build
 build() {
     if [[ "${SKIP_BUILD:-0}" == "1" ]]; then echo "SKIP_BUILD=1: using the installed package"; else
         MAX_JOBS=16 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
@@ -107,7 +151,7 @@ assert not torch.cuda.is_available() or deeplabv2_ext.cuda_kernels_available(), 
 export -f build
 run_stage install 270 bash -c build
 
-# ------------------------------------------------------------------------------------ 3. tests
+# ------------------------------------------------------------------------------------ 4. tests
 run_stage tests_cuda 170 pytest tests -m cuda -q -p no:cacheprovider --durations=15 \
     --junitxml="$OUT/junit_cuda.xml"
 if [[ "${GPU_CHECK_FULL_TESTS:-0}" == "1" ]]; then
@@ -118,7 +162,7 @@ else  # together with tests_cuda this is the full suite (but the CUDA-on-CPU lay
         --junitxml="$OUT/junit_rest.xml"
 fi
 
-# ------------------------------------------------------------------------------------ 4. sanitizer
+# ------------------------------------------------------------------------------------ 5. sanitizer
 if command -v compute-sanitizer >/dev/null 2>&1; then
     run_stage memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
         --error-exitcode 1 --print-limit 30 python benchmarks/sanitize_aspp.py
@@ -133,7 +177,7 @@ else
     run_stage memcheck 5 sh -c 'echo "compute-sanitizer not found"; exit 127'
 fi
 
-# ------------------------------------------------------------------------------------ 5. benchmarks
+# ------------------------------------------------------------------------------------ 6. benchmarks
 # One pytest run per shape (each with its own JSON) so that a timeout loses one shape, not all.
 BENCH_JSONS=()
 for shape in ${BENCH_SHAPES:-S1 S2 S3}; do

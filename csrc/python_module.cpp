@@ -2,13 +2,16 @@
 // static initialisers register torch.ops.deeplabv2_ext.*; it also exposes build information.
 #include <torch/extension.h>
 
-#include "deeplabv2_ext.h"
+#include "aspp/aspp_limits.h"
 #include "aspp/cpu/aspp_kernel.h"
+#include "deeplabv2_ext.h"
 #include "densecrf/cpu/lattice_loops.h"
 #include "densecrf/cpu/permutohedral_kernel.h"
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "deeplabv2_ext native operators (fused ASPP, DenseCRF)";
+  // The most rates one call of the CUDA ASPP op takes (deeplabv2_ext.aspp splits more).
+  m.attr("ASPP_MAX_RATES") = deeplabv2_ext::aspp::kAsppMaxRates;
   m.def("cuda_kernels_available", &deeplabv2_ext::cuda_kernels_available,
         "Whether this build of deeplabv2_ext contains its CUDA kernels.");
 

@@ -2,7 +2,9 @@
 
 ``aspp(input, weight, bias, rates)`` equals
 ``sum(F.conv2d(input, weight[r], bias[r], padding=rates[r], dilation=rates[r]) for r in range(R))``
-but runs as one fused kernel (``torch.ops.deeplabv2_ext.aspp``) on CPU and CUDA.
+but runs as one fused kernel (``torch.ops.deeplabv2_ext.aspp``) on CPU and CUDA. One call of the
+op takes at most ``ASPP_MAX_RATES`` (64) rates on CUDA; ``aspp`` splits more rates into groups of
+at most that many, on every device, and sums the groups' outputs.
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-import deeplabv2_ext._extension  # noqa: F401  (registers torch.ops.deeplabv2_ext.*)
+from deeplabv2_ext import _C  # importing it registers torch.ops.deeplabv2_ext.*
 
 ASPP_L_RATES = (6, 12, 18, 24)
 ASPP_S_RATES = (2, 4, 8, 12)
+# The most rates one call of the op takes on CUDA (kAsppMaxRates, csrc/aspp/aspp_limits.h).
+ASPP_MAX_RATES: int = _C.ASPP_MAX_RATES
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -45,14 +49,26 @@ def aspp(
     Returns:
         [N, K, H, W] in the memory format of ``input``. Differentiable w.r.t. input, weight
         and bias (double backward is not supported). Under ``torch.autocast`` it runs in the
-        autocast dtype, like ``conv2d``.
+        autocast dtype, like ``conv2d``. More than ``ASPP_MAX_RATES`` rates run as one op call
+        per group of at most that many branches, summed.
 
     Raises:
         ValueError: wrong shapes, channel mismatch, non-3x3 kernels, len(rates) != R,
             non-positive rates, tensors on different devices.
         TypeError: integer or mismatched dtypes, rates that are not ints.
     """
-    return torch.ops.deeplabv2_ext.aspp(input, weight, bias, list(_as_rates(rates)))
+    rates = _as_rates(rates)
+    if len(rates) <= ASPP_MAX_RATES:
+        return torch.ops.deeplabv2_ext.aspp(input, weight, bias, list(rates))
+    _check_args(input, weight, bias, rates)  # before slicing, so errors name the whole call
+    output = None
+    for start in range(0, len(rates), ASPP_MAX_RATES):
+        group = slice(start, start + ASPP_MAX_RATES)
+        part = torch.ops.deeplabv2_ext.aspp(input, weight[group],
+                                            None if bias is None else bias[group],
+                                            list(rates[group]))
+        output = part if output is None else output + part
+    return output
 
 
 def _output_memory_format(input: Tensor) -> torch.memory_format:

@@ -13,10 +13,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import deeplabv2_ext
 from deeplabv2_ext import ASPP, aspp
+from deeplabv2_ext._C import ASPP_MAX_RATES
 from deeplabv2_ext._extension import cpu_aspp_row_blocks
+
+import cuda_stream_checks
 
 try:  # hypothesis is optional (absent on the bare GPU machine): fall back to the seeded sweeps
     from hypothesis import HealthCheck, given, settings
@@ -306,12 +310,69 @@ def test_partial_requires_grad(device, requires):
             assert_close(g, ref_by_name[name], RTOL[torch.float32], f"grad_{name}")
 
 
+class _RecordAsppCalls(TorchDispatchMode):
+    """Records the number of rates of every torch.ops.deeplabv2_ext.aspp call made under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates_per_call = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is OPS.aspp.default:
+            self.rates_per_call.append(len(args[3]))
+        return func(*args, **(kwargs or {}))
+
+
+MANY_BRANCHES = [  # R -> the rates of each op call aspp() makes
+    (ASPP_MAX_RATES, [ASPP_MAX_RATES]),
+    (ASPP_MAX_RATES + 1, [ASPP_MAX_RATES, 1]),
+    (2 * ASPP_MAX_RATES + 5, [ASPP_MAX_RATES, ASPP_MAX_RATES, 5]),
+]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_many_branches(device):
-    """R = 70 branches (beyond any fixed-size per-launch rate table a kernel might keep)."""
-    rates = tuple(1 + (i % 5) for i in range(70))
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("R,calls", MANY_BRANCHES, ids=lambda v: str(v) if isinstance(v, int) else "")
+def test_many_branches(device, bias, R, calls):
+    """More rates than one op call takes on CUDA (ASPP_MAX_RATES): aspp() runs one call per group
+    of at most ASPP_MAX_RATES rates on every device and sums them; up to the limit it is one call.
+    Forward and all gradients match the reference."""
+    rates = tuple(1 + (i % 5) for i in range(R))
+    recorder = _RecordAsppCalls()
+    with precision_ctx(torch.float32, device), recorder:
+        run_case(Case(1, 3, 6, 5, 2, rates, bias=bias), torch.float32, device)
+    assert recorder.rates_per_call == calls
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_many_branches_compile_fullgraph(device):
+    """The split into op calls traces under torch.compile(fullgraph=True): same numbers as eager."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    rates = tuple(1 + (i % 7) for i in range(ASPP_MAX_RATES + 3))
+    x = torch.randn(2, 3, 8, 7, device=device, requires_grad=True)
+    w, b = make_params(len(rates), 4, 3, torch.float32, device)
+    w.requires_grad_()
+    b.requires_grad_()
+    fn = lambda x, w, b: aspp(x, w, b, rates)  # noqa: E731
     with precision_ctx(torch.float32, device):
-        run_case(Case(1, 3, 6, 5, 2, rates), torch.float32, device)
+        expected = fn(x, w, b)
+        expected_grads = torch.autograd.grad(expected.square().sum(), (x, w, b))
+        got = torch.compile(fn, backend="aot_eager", fullgraph=True)(x, w, b)
+        got_grads = torch.autograd.grad(got.square().sum(), (x, w, b))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    torch._dynamo.reset()
+
+
+def test_cpu_op_takes_any_number_of_rates():
+    """Only the CUDA op limits the rates of one call; the raw CPU op takes more in one call."""
+    rates = [1 + (i % 3) for i in range(ASPP_MAX_RATES + 2)]
+    x = torch.randn(1, 2, 5, 4)
+    w, b = make_params(len(rates), 3, 2, torch.float32, "cpu")
+    assert_close(OPS.aspp(x, w, b, rates), reference_forward(x, w, b, rates), RTOL[torch.float32])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -961,19 +1022,106 @@ def test_cuda_matches_cpu(layout, dtype):
 
 
 @CUDA
-def test_cuda_non_default_stream_and_device_guard():
-    """Runs on the current (non-default) stream: results equal the default-stream ones."""
-    x = torch.randn(2, 16, 20, 20, device="cuda")
-    w, b = make_params(4, 21, 16, torch.float32, "cuda")
-    with tf32(False):
-        ref = aspp(x, w, b, ASPP_L)
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            out = aspp(x, w, b, ASPP_L)
-        torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    assert torch.equal(out, ref)
+def test_cuda_op_refuses_more_rates_than_one_call_takes():
+    """The raw CUDA op takes at most ASPP_MAX_RATES rates per call and says so (aspp() splits)."""
+    rates = [1 + (i % 4) for i in range(ASPP_MAX_RATES + 1)]
+    x = torch.randn(1, 3, 6, 5, device="cuda")
+    w, b = make_params(len(rates), 2, 3, torch.float32, "cuda")
+    message = f"one call of the op takes 1 to {ASPP_MAX_RATES} rates"
+    with pytest.raises(ValueError, match=message):
+        OPS.aspp(x, w, b, rates)
+    with pytest.raises(ValueError, match=message):
+        OPS.aspp_backward(torch.randn(1, 2, 6, 5, device="cuda"), x, w, rates, [True, True, True])
+    with precision_ctx(torch.float32, "cuda"):  # the limit itself is one call
+        out = OPS.aspp(x, w[1:], b[1:], rates[1:])
+    assert_close(out, reference_forward(x, w[1:], b[1:], rates[1:]), RTOL[torch.float32])
+
+
+@CUDA
+@pytest.mark.parametrize("schedule", cuda_stream_checks.SCHEDULES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_cuda_runs_on_the_current_stream(schedule, dtype):
+    """Forward, dgrad and wgrad enqueue all their work on the current stream: run on a side stream
+    under schedules where a launch on another stream reads unwritten inputs or misses the host
+    read (tests/cuda_stream_checks.py), they give the default stream's results (the forward
+    bitwise; the atomic weight gradients up to rounding)."""
+    # Inputs no other run used: a result left in recycled memory cannot pass for a late one.
+    torch.manual_seed(cuda_stream_checks.SCHEDULES.index(schedule) + 10 * ALL_DTYPES.index(dtype) + 1)
+    x = make_input(2, 16, 20, 20, dtype, "cuda", "channels_last")
+    w, b = make_params(4, 21, 16, dtype, "cuda")
+    grad_out = _randn((2, 21, 20, 20), dtype, "cuda")
+
+    def forward_and_backward(x, w, b, grad_out):
+        out = OPS.aspp(x, w, b, list(ASPP_L))
+        return (out, *OPS.aspp_backward(grad_out, x, w, list(ASPP_L), [True, True, True]))
+
+    with precision_ctx(dtype, "cuda"):
+        expected = [t.cpu() for t in forward_and_backward(x, w, b, grad_out)]
+        got = cuda_stream_checks.run_on_side_stream(schedule, forward_and_backward, (x, w, b, grad_out))
+    assert torch.equal(got[0], expected[0]), "output differs from the default stream's"
+    for name, g, e in zip(("grad_input", "grad_weight", "grad_bias"), got[1:], expected[1:]):
+        assert_close(g, e.double(), RTOL[dtype], name)
+
+
+def _misaligned(t, lead):
+    """A copy of ``t`` with its strides whose data pointer lies ``lead`` elements past the start of
+    its allocation (every allocation is at least 16-byte aligned)."""
+    storage = torch.empty(t.untyped_storage().nbytes() // t.element_size() + lead, dtype=t.dtype, device=t.device)
+    shifted = torch.as_strided(storage, t.shape, t.stride(), lead)
+    shifted.copy_(t)
+    return shifted
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("lead", [1, 3])
+def test_misaligned_channels_last(device, dtype, lead):
+    """channels_last with C and K multiples of 8 (whole 16-byte vectors along channels for every
+    dtype) but input and grad_output data pointers off 16 bytes: the CUDA loaders' alignment guard
+    must fall back to scalar loads (a misaligned 16-byte load is a launch error there); forward,
+    dgrad and wgrad match the reference."""
+    N, C, H, W, K, rates = 2, 16, 7, 9, 24, [1, 2]
+    cl = torch.channels_last
+    x = _misaligned(make_input(N, C, H, W, dtype, device, "channels_last"), lead)
+    grad_out = _misaligned(_randn((N, K, H, W), dtype, device).contiguous(memory_format=cl), lead)
+    w, b = make_params(len(rates), K, C, dtype, device)
+    for t in (x, grad_out):
+        assert t.is_contiguous(memory_format=cl) and t.data_ptr() % 16 != 0
+    with precision_ctx(dtype, device):
+        out = OPS.aspp(x, w, b, rates)
+        grads = OPS.aspp_backward(grad_out, x, w, rates, [True, True, True])
+    ref, ref_grads = reference_with_grads(x, w, b, rates, grad_out)
+    assert_close(out, ref, RTOL[dtype], "output")
+    for name, g, r in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads):
+        assert_close(g, r, RTOL[dtype], name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cudnn_tf32", [False, True], ids=["cudnn_tf32_off", "cudnn_tf32_on"])
+@pytest.mark.parametrize("matmul_tf32", [False, True], ids=["matmul_tf32_off", "matmul_tf32_on"])
+def test_tf32_follows_the_cudnn_switch_alone(device, cudnn_tf32, matmul_tf32):
+    """float32 on CUDA uses TF32 iff torch.backends.cudnn.allow_tf32 (at::globalContext().
+    allowTF32CuDNN(), as for conv2d); the matmul switch plays no part; the CPU op is exact
+    whatever the switches. Inputs and grad_output are 1 + 2^-13, which TF32 rounds to 1, weights
+    are 1: every sum is exact in float32 either way, so the results show exactly whether the
+    forward, dgrad and wgrad rounded their operands to TF32."""
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32  # restored by tests/conftest.py
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    value = 1 + 2.0**-13
+    rates = [1, 2]
+    x = torch.full((2, 8, 5, 6), value, device=device)
+    grad_out = torch.full((2, 4, 5, 6), value, device=device)
+    w = torch.ones(len(rates), 4, 8, 3, 3, device=device)
+    out = OPS.aspp(x, w, None, rates)
+    grad_input, grad_weight, _ = OPS.aspp_backward(grad_out, x, w, rates, [True, True, False])
+    uses_tf32 = device == "cuda" and cudnn_tf32
+    seen = 1.0 if uses_tf32 else value  # the operand values the kernels multiplied
+    ref, (ref_gi, ref_gw, _) = reference_with_grads(torch.full_like(x, seen), w, None, rates,
+                                                   torch.full_like(grad_out, seen))
+    for name, got, expected in (("output", out, ref), ("grad_input", grad_input, ref_gi),
+                                ("grad_weight", grad_weight, ref_gw)):
+        torch.testing.assert_close(got.double().cpu(), expected.cpu(), rtol=1e-6, atol=0,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @CUDA

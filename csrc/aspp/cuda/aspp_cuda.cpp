@@ -62,9 +62,10 @@ struct Sizes {
 
 Sizes checked_sizes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef rates) {
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
-  TORCH_CHECK(!rates.empty() && static_cast<int64_t>(rates.size()) <= kAsppMaxRates,
-              "aspp (CUDA): supports 1 to ", kAsppMaxRates, " rates (branches), got ",
-              rates.size());
+  TORCH_CHECK_VALUE(!rates.empty() && static_cast<int64_t>(rates.size()) <= kAsppMaxRates,
+                    "aspp (CUDA): one call of the op takes 1 to ", kAsppMaxRates,
+                    " rates (branches), got ", rates.size(),
+                    "; deeplabv2_ext.aspp() splits more rates into several calls");
   Sizes s;
   s.N = input.size(0);
   const int64_t C = input.size(1), H = input.size(2), W = input.size(3);

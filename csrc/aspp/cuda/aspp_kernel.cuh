@@ -24,6 +24,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../aspp_limits.h"  // kAsppMaxRates
+
 namespace deeplabv2_ext {
 namespace aspp {
 
@@ -34,8 +36,6 @@ enum class AsppDType : int {
   kFloat64 = 3,
 };
 
-// Max number of ASPP branches supported by the CUDA kernels (rates are passed by value).
-constexpr int kAsppMaxRates = 64;
 // H and W must be below this (keeps every shifted coordinate inside int32).
 constexpr int64_t kAsppMaxSpatial = int64_t(1) << 28;
 
