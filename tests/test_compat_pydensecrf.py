@@ -209,7 +209,7 @@ def test_cpu_inference_runs_the_fused_loop(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("inference fell back to the step-by-step loop")
 
-    monkeypatch.setattr(shim._crf, "mean_field", fail)
+    monkeypatch.setattr(shim.densecrf._crf, "mean_field", fail)
     d = shim.DenseCRF2D(W, H, L)
     d.setUnaryEnergy(shim.unary_from_softmax(p))
     d.addPairwiseGaussian(sxy=3, compat=3)
@@ -343,10 +343,14 @@ def _load_client(name):
 def installed(monkeypatch):
     """``install`` for one test: sys.modules' pydensecrf entries and the default device are
     restored afterwards."""
-    for name in PYDENSECRF_MODULES:
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    saved = {name: sys.modules.get(name) for name in PYDENSECRF_MODULES}
     monkeypatch.setattr(shim.densecrf, "_default_device", shim.densecrf.default_device())
-    return shim.install
+    yield shim.install
+    for name, module in saved.items():
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
 
 
 def test_install_serves_pydensecrf_imports(installed):
@@ -358,10 +362,22 @@ def test_install_serves_pydensecrf_imports(installed):
     import pydensecrf.utils as utils_imported
     from pydensecrf.utils import unary_from_softmax
 
-    assert pydensecrf is shim
-    assert dcrf_imported is shim.densecrf and utils_imported is shim.utils
+    # the very modules, not second copies loaded from our files under pydensecrf's names
+    assert pydensecrf is sys.modules["deeplabv2_ext.compat.pydensecrf"]
+    assert dcrf_imported is sys.modules["deeplabv2_ext.compat.pydensecrf.densecrf"]
+    assert utils_imported is sys.modules["deeplabv2_ext.compat.pydensecrf.utils"]
     assert unary_from_softmax is shim.unary_from_softmax
     assert dcrf_imported.DenseCRF2D(4, 3, 2).device == torch.device("cpu")
+
+
+def test_install_device_is_where_new_crfs_run(installed):
+    """install(device=...) sets the device of the CRFs created without one (what third-party
+    code does); an explicit device still wins. "meta" stands for a GPU here: no data needed."""
+    installed(device="meta")
+    import pydensecrf.densecrf as dcrf_imported
+
+    assert dcrf_imported.DenseCRF2D(4, 3, 2).device == torch.device("meta")
+    assert dcrf_imported.DenseCRF(12, 2, device="cpu").device == torch.device("cpu")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -379,7 +395,8 @@ def test_install_runs_an_unchanged_pydensecrf_client(device, dcrf, installed):
 
     installed(device=device)
     ours_client = _load_client("pydensecrf_client_on_deeplabv2_ext")
-    assert ours_client.dcrf is shim.densecrf and ours_client.utils is shim.utils
+    assert ours_client.dcrf is sys.modules["deeplabv2_ext.compat.pydensecrf.densecrf"]
+    assert ours_client.utils is sys.modules["deeplabv2_ext.compat.pydensecrf.utils"]
     assert shim.densecrf.default_device() == torch.device(device)
     ours = ours_client.CRFPostProcessor()(img, probs)
 
