@@ -11,9 +11,9 @@ PIP := $(PYTHON) -m pip
 setup:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install -r requirements-dev.txt
-	@echo "make setup: pip install . compiles the C++ extension deeplabv2_ext._C against the installed torch:"
-	@echo "  about 2 minutes on 2 free cores the first time (the CUDA kernels add about 2 minutes per GPU"
-	@echo "  architecture), seconds when nothing changed; pip shows 'Building wheel ... still running' meanwhile."
+	@echo "make setup: pip install . now compiles the C++ extension deeplabv2_ext._C against the installed"
+	@echo "  torch: about 2.5 minutes on 2 cores the first time (a few more with the CUDA kernels), seconds"
+	@echo "  when nothing changed; pip shows 'Building wheel ... still running...' meanwhile."
 	$(PIP) install .
 	$(PYTHON) -m deeplabv2_ext
 
