@@ -14,6 +14,7 @@ The sdist hooks need no torch: ``python -m build`` makes the sdist in a venv of 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import os
 import subprocess
@@ -37,12 +38,10 @@ def interpreter_sys_path() -> list[str]:
     """The ``sys.path`` that this interpreter has when run plainly (its site-packages, user site
     and ``.pth`` entries), without the build isolation's variables."""
     env = {k: v for k, v in os.environ.items() if k not in _ISOLATION_VARIABLES}
-    # sys.path[0] is the script's folder ('' for -c): not one of the interpreter's paths.
-    out = subprocess.run(
-        [sys.executable, "-c", "import sys; print(repr(sys.path[1:]))"],
-        env=env, check=True, capture_output=True, text=True,
-    ).stdout
-    return ast.literal_eval(out)
+    out = subprocess.run([sys.executable, "-c", "import sys; print(repr(sys.path))"],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    # '' is the current folder that -c puts first: not one of the interpreter's paths.
+    return [path for path in ast.literal_eval(out) if path]
 
 
 def use_installed_torch() -> None:
@@ -60,36 +59,24 @@ def use_installed_torch() -> None:
         raise SystemExit(MISSING_TORCH.format(python=sys.executable)) from None
 
 
+def _with_installed_torch(hook):
+    """setuptools' ``hook``, run after :func:`use_installed_torch`."""
+    @functools.wraps(hook)
+    def hook_with_torch(*args, **kwargs):
+        use_installed_torch()
+        return hook(*args, **kwargs)
+    return hook_with_torch
+
+
 # The sdist hooks, unchanged: an sdist is the source, torch or not.
 get_requires_for_build_sdist = _setuptools.get_requires_for_build_sdist
 build_sdist = _setuptools.build_sdist
 
-
-def get_requires_for_build_wheel(config_settings=None):
-    use_installed_torch()
-    return _setuptools.get_requires_for_build_wheel(config_settings)
-
-
-def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
-    use_installed_torch()
-    return _setuptools.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
-
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    use_installed_torch()
-    return _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
-
-
-def get_requires_for_build_editable(config_settings=None):
-    use_installed_torch()
-    return _setuptools.get_requires_for_build_editable(config_settings)
-
-
-def prepare_metadata_for_build_editable(metadata_directory, config_settings=None):
-    use_installed_torch()
-    return _setuptools.prepare_metadata_for_build_editable(metadata_directory, config_settings)
-
-
-def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
-    use_installed_torch()
-    return _setuptools.build_editable(wheel_directory, config_settings, metadata_directory)
+# The wheel and editable hooks (each runs in a process of its own): against the installed torch.
+get_requires_for_build_wheel = _with_installed_torch(_setuptools.get_requires_for_build_wheel)
+prepare_metadata_for_build_wheel = _with_installed_torch(_setuptools.prepare_metadata_for_build_wheel)
+build_wheel = _with_installed_torch(_setuptools.build_wheel)
+get_requires_for_build_editable = _with_installed_torch(_setuptools.get_requires_for_build_editable)
+prepare_metadata_for_build_editable = _with_installed_torch(
+    _setuptools.prepare_metadata_for_build_editable)
+build_editable = _with_installed_torch(_setuptools.build_editable)
