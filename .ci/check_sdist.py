@@ -16,7 +16,7 @@ REQUIRED = ["csrc/*", "build_backend/*", "deeplabv2_ext/*.py", "python/deeplabv2
             "python/deeplabv2/configs/*.yaml", "CMakeLists.txt", "README.md", "pyproject.toml",
             "setup.py", "MANIFEST.in", "requirements-dev.txt"]
 # Build outputs and local results that must not ship.
-FORBIDDEN = ["*.so", "*.o", "*.pyc", "*/__pycache__/*", "build/*", "dist/*",
+FORBIDDEN = ["*.so", "*.o", "*.pyc", "*/__pycache__/*", "build/*", "*/build/*", "dist/*",
              "benchmarks/results/*", "deeplabv2_ext/_build_info.py"]
 
 
