@@ -15,7 +15,7 @@ setup:
 	@echo "  torch: about 2.5 minutes on 2 cores the first time (a few more with the CUDA kernels), seconds"
 	@echo "  when nothing changed; pip shows 'Building wheel ... still running...' meanwhile."
 	$(PIP) install .
-	$(PYTHON) -m deeplabv2_ext
+	deeplabv2 env
 
 demo: setup
 	deeplabv2 demo
