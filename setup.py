@@ -1,9 +1,11 @@
-"""Build deeplabv2_ext and its native extension deeplabv2_ext._C.
+"""Builds deeplabv2_ext's native extension deeplabv2_ext._C (the package's metadata is in
+pyproject.toml; build_backend/ holds the PEP 517 backend that makes `pip install .` see the
+installed torch).
 
 The CUDA kernels are built when torch has CUDA and nvcc is found (or FORCE_CUDA=1); otherwise
-the build is CPU-only. Install with `pip install --no-build-isolation .` so that the extension is
-compiled against the torch that is already installed. Honours MAX_JOBS and TORCH_CUDA_ARCH_LIST
-(default "8.0;9.0+PTX").
+the build is CPU-only. Honours MAX_JOBS and TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"). The
+build prints what it builds, and writes it to deeplabv2_ext/_build_info.py next to _C (read by
+`python -m deeplabv2_ext`). Without torch only an sdist can be made.
 """
 from __future__ import annotations
 
@@ -11,20 +13,34 @@ import glob
 import os
 import sys
 
-import torch
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join("csrc")
+CSRC = "csrc"
+EXTENSION = "deeplabv2_ext._C"
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ModuleNotFoundError as error:
+    if error.name != "torch":
+        raise
+    torch = None
 
-def want_cuda() -> bool:
+
+def cuda_decision() -> tuple[bool, str]:
+    """(build the CUDA kernels?, why), from FORCE_CUDA, torch's CUDA version and nvcc."""
     if os.environ.get("FORCE_CUDA", "0") == "1":
-        return True
-    nvcc_found = CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
-    return torch.version.cuda is not None and nvcc_found
+        return True, "FORCE_CUDA=1"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} has no CUDA"
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else None
+    if nvcc is None or not os.path.exists(nvcc):
+        return False, (f"torch has CUDA {torch.version.cuda} but nvcc was not found "
+                       "(set CUDA_HOME, or FORCE_CUDA=1)")
+    return True, f"torch has CUDA {torch.version.cuda}, nvcc: {nvcc}"
 
 
 def sources(with_cuda: bool) -> list[str]:
@@ -37,8 +53,7 @@ def sources(with_cuda: bool) -> list[str]:
     return host + cuda_glue + kernels
 
 
-def extension():
-    with_cuda = want_cuda()
+def extension(with_cuda: bool) -> Extension:
     cxx_flags = ["-O3"]
     link_flags = []
     if sys.platform.startswith("linux"):
@@ -47,46 +62,53 @@ def extension():
         # The extension then needs libgomp.so.1, which torch has already loaded.
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
-    define_macros = []
+    common = dict(include_dirs=[os.path.join(ROOT, CSRC)], extra_link_args=link_flags)
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
-        define_macros.append(("DEEPLABV2_EXT_WITH_CUDA", None))
         return CUDAExtension(
-            "deeplabv2_ext._C",
+            EXTENSION,
             sources(with_cuda=True),
-            include_dirs=[os.path.join(ROOT, CSRC)],
-            define_macros=define_macros,
+            define_macros=[("DEEPLABV2_EXT_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
-            extra_link_args=link_flags,
+            **common,
         )
-    return CppExtension(
-        "deeplabv2_ext._C",
-        sources(with_cuda=False),
-        include_dirs=[os.path.join(ROOT, CSRC)],
-        define_macros=define_macros,
-        extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=link_flags,
-    )
+    return CppExtension(EXTENSION, sources(with_cuda=False), extra_compile_args={"cxx": cxx_flags},
+                        **common)
 
 
-def packages() -> list[str]:
-    """The operator package and the DeepLabV2 application package (from python/deeplabv2)."""
-    application = ["deeplabv2"] + [
-        "deeplabv2." + name for name in find_packages(os.path.join(ROOT, "python", "deeplabv2"))
-    ]
-    return find_packages(include=["deeplabv2_ext", "deeplabv2_ext.*"]) + application
+if torch is not None:
+    WITH_CUDA, WHY = cuda_decision()
+    if WITH_CUDA:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
 
+    class BuildAndRecord(BuildExtension):
+        """torch's BuildExtension that says what it builds and records it in _build_info.py."""
 
-setup(
-    name="deeplabv2_ext",
-    version="0.1.0",
-    description="Fused ASPP and GPU DenseCRF operators for DeepLabV2, and a thin DeepLabV2 on top",
-    packages=packages(),
-    package_dir={"deeplabv2": os.path.join("python", "deeplabv2")},
-    package_data={"deeplabv2": ["configs/*.yaml"]},
-    entry_points={"console_scripts": ["deeplabv2 = deeplabv2.cli:main"]},
-    python_requires=">=3.10",
-    install_requires=["numpy", "pillow", "pyyaml", "tqdm"],
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension},
-)
+        def run(self) -> None:
+            kernels = (f"CPU and CUDA kernels for TORCH_CUDA_ARCH_LIST="
+                       f"{os.environ['TORCH_CUDA_ARCH_LIST']}" if WITH_CUDA else "CPU kernels only")
+            print(f"deeplabv2_ext: compiling {EXTENSION} against torch {torch.__version__} "
+                  f"({os.path.dirname(torch.__file__)}): {kernels} ({WHY}); "
+                  f"MAX_JOBS={os.environ.get('MAX_JOBS', 'all cores')}", flush=True)
+            super().run()
+            info = {
+                "TORCH_VERSION": torch.__version__,
+                "CUDA_VERSION": torch.version.cuda if WITH_CUDA else None,
+                "CUDA_ARCH_LIST": os.environ["TORCH_CUDA_ARCH_LIST"] if WITH_CUDA else None,
+            }
+            path = os.path.join(os.path.dirname(self.get_ext_fullpath(EXTENSION)), "_build_info.py")
+            with open(path, "w") as f:
+                f.write('"""What deeplabv2_ext._C was built with (written by setup.py)."""\n')
+                f.writelines(f"{name} = {value!r}\n" for name, value in info.items())
+
+    setup(ext_modules=[extension(WITH_CUDA)], cmdclass={"build_ext": BuildAndRecord})
+else:
+    # No torch: metadata and an sdist only. A build stops with the backend's message (pip and
+    # python -m build stop there already, before this runs).
+    sys.path.insert(0, os.path.join(ROOT, "build_backend"))
+    from deeplabv2_ext_backend import MISSING_TORCH
+
+    class NoTorch(build_ext):
+        def run(self) -> None:
+            raise SystemExit(MISSING_TORCH.format(python=sys.executable))
+
+    setup(ext_modules=[Extension(EXTENSION, sources(with_cuda=True))], cmdclass={"build_ext": NoTorch})

@@ -3,6 +3,10 @@
 The utils functions must match bit for bit; inference to the same bounds as dense_crf
 (max |dQ| <= 1e-3, argmax agreement >= 99.9 %; measured values are printed with -s).
 """
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +14,21 @@ import torch
 import deeplabv2_ext
 from deeplabv2_ext.compat import pydensecrf as shim
 
-dcrf = pytest.importorskip("pydensecrf.densecrf")
-putils = pytest.importorskip("pydensecrf.utils")
 skimage_data = pytest.importorskip("skimage.data")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+# The real pydensecrf, imported only by the tests that compare with it (they skip without it;
+# the others, CUDA tests included, run without it).
+@pytest.fixture(scope="module")
+def dcrf():
+    return pytest.importorskip("pydensecrf.densecrf")
+
+
+@pytest.fixture(scope="module")
+def putils():
+    return pytest.importorskip("pydensecrf.utils")
 
 
 def _img(h, w, name="astronaut"):
@@ -47,7 +61,7 @@ def _agree(q, ref, what):
 
 
 # ------------------------------------------------------------------------------ utils
-def test_constants_match():
+def test_constants_match(dcrf):
     for name in ["NO_NORMALIZATION", "NORMALIZE_BEFORE", "NORMALIZE_AFTER", "NORMALIZE_SYMMETRIC",
                  "CONST_KERNEL", "DIAG_KERNEL", "FULL_KERNEL"]:
         assert int(getattr(shim, name)) == int(getattr(dcrf, name)), name
@@ -55,7 +69,7 @@ def test_constants_match():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("scale,clip", [(None, 1e-5), (0.7, 1e-5), (1.0, None), (None, None), (0.3, 1e-3)])
-def test_unary_from_softmax(dtype, scale, clip):
+def test_unary_from_softmax(dtype, scale, clip, putils):
     p = _probs(_img(13, 17), 5).astype(dtype)
     p[0, 0, 0] = 0.0  # exercises the clipping (inf when clip=None: both give inf)
     with np.errstate(divide="ignore"):
@@ -67,7 +81,7 @@ def test_unary_from_softmax(dtype, scale, clip):
 
 @pytest.mark.parametrize("zero_unsure", [True, False])
 @pytest.mark.parametrize("gt_prob", [0.5, 0.9])
-def test_unary_from_labels(zero_unsure, gt_prob):
+def test_unary_from_labels(zero_unsure, gt_prob, putils):
     rng = np.random.default_rng(1)
     n = 4
     labels = rng.integers(0, n + 1 if zero_unsure else n, size=(11, 9))
@@ -80,7 +94,7 @@ def test_unary_from_labels(zero_unsure, gt_prob):
 
 
 @pytest.mark.parametrize("sdims,shape", [((3, 3), (7, 5)), ((2.5, 80), (4, 9)), ((1, 2, 3), (3, 4, 5)), ((5,), (12,))])
-def test_create_pairwise_gaussian(sdims, shape):
+def test_create_pairwise_gaussian(sdims, shape, putils):
     ours = shim.create_pairwise_gaussian(sdims, shape)
     ref = putils.create_pairwise_gaussian(sdims, shape)
     assert ours.dtype == np.float32
@@ -97,7 +111,7 @@ def test_create_pairwise_gaussian(sdims, shape):
         ((1, 2, 3), 4.0, -1, lambda: np.random.default_rng(0).random((3, 4, 5)).astype(np.float32)),
     ],
 )
-def test_create_pairwise_bilateral(sdims, schan, chdim, img):
+def test_create_pairwise_bilateral(sdims, schan, chdim, img, putils):
     im = img()
     ours = shim.create_pairwise_bilateral(sdims, schan, im, chdim=chdim)
     ref = putils.create_pairwise_bilateral(sdims, schan, im, chdim=chdim)
@@ -105,13 +119,21 @@ def test_create_pairwise_bilateral(sdims, schan, chdim, img):
     np.testing.assert_array_equal(ours, ref)
 
 
-def test_utils_namespace():
-    assert shim.utils.unary_from_softmax is shim.unary_from_softmax
-    assert shim.utils.create_pairwise_bilateral is shim.create_pairwise_bilateral
+def test_two_modules_like_pydensecrf():
+    """pydensecrf's two modules, with its names; the package re-exports both."""
+    import deeplabv2_ext.compat.pydensecrf.densecrf as ours_densecrf
+    import deeplabv2_ext.compat.pydensecrf.utils as ours_utils
+
+    assert shim.densecrf is ours_densecrf and shim.utils is ours_utils
+    for name in ["DenseCRF", "DenseCRF2D", "NORMALIZE_SYMMETRIC", "DIAG_KERNEL"]:
+        assert getattr(shim, name) is getattr(ours_densecrf, name)
+    for name in ["unary_from_softmax", "unary_from_labels", "create_pairwise_gaussian",
+                 "create_pairwise_bilateral"]:
+        assert getattr(shim, name) is getattr(ours_utils, name)
 
 
 # -------------------------------------------------------------------------- inference
-def _both(cls_args, setup, mod_ours=shim, device=None):
+def _both(dcrf, cls_args, setup, mod_ours=shim, device=None):
     """Run ``setup(d, mod)`` on a pydensecrf object and on ours; returns (ours, theirs)."""
     W_or_N = cls_args
     if len(W_or_N) == 3:
@@ -158,7 +180,7 @@ def _kw(kw, mod, L):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_densecrf2d_inference(config, device):
+def test_densecrf2d_inference(config, device, dcrf):
     H, W, L = 48, 64, 6
     img = _img(H, W, "chelsea")
     U = shim.unary_from_softmax(_probs(img, L))
@@ -171,7 +193,7 @@ def test_densecrf2d_inference(config, device):
         if "b" in cfg:
             d.addPairwiseBilateral(rgbim=img, **_kw(cfg["b"], mod, L))
 
-    ours, theirs = _both((W, H, L), setup, device=device)
+    ours, theirs = _both(dcrf, (W, H, L), setup, device=device)
     q = ours.inference(5)
     assert isinstance(q, np.ndarray) and q.shape == (L, H * W) and q.dtype == np.float32
     _agree(q, np.array(theirs.inference(5)), f"DenseCRF2D {config} on {device}")
@@ -187,7 +209,7 @@ def test_cpu_inference_runs_the_fused_loop(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("inference fell back to the step-by-step loop")
 
-    monkeypatch.setattr(shim._crf, "mean_field", fail)
+    monkeypatch.setattr(shim.densecrf._crf, "mean_field", fail)
     d = shim.DenseCRF2D(W, H, L)
     d.setUnaryEnergy(shim.unary_from_softmax(p))
     d.addPairwiseGaussian(sxy=3, compat=3)
@@ -200,7 +222,7 @@ def test_cpu_inference_runs_the_fused_loop(monkeypatch):
     np.testing.assert_array_equal(q, expected.reshape(L, H * W).numpy())
 
 
-def test_generic_densecrf_with_utils_features():
+def test_generic_densecrf_with_utils_features(dcrf, putils):
     """DenseCRF + addPairwiseEnergy with create_pairwise_* features (the README's 'non-RGB' path),
     including a 3-D volume."""
     H, W, L = 40, 30, 4
@@ -214,7 +236,7 @@ def test_generic_densecrf_with_utils_features():
         d.addPairwiseEnergy(feats_g, compat=3)
         d.addPairwiseEnergy(feats_b, compat=10, kernel=mod.DIAG_KERNEL, normalization=mod.NORMALIZE_SYMMETRIC)
 
-    ours, theirs = _both((H * W, L), setup)
+    ours, theirs = _both(dcrf, (H * W, L), setup)
     _agree(ours.inference(10), np.array(theirs.inference(10)), "DenseCRF + utils features")
 
     vol = np.random.default_rng(3).random((6, 7, 8)).astype(np.float32)
@@ -225,11 +247,11 @@ def test_generic_densecrf_with_utils_features():
         d.setUnaryEnergy(Uv)
         d.addPairwiseEnergy(fv, compat=2)
 
-    ours, theirs = _both((vol.size, 2), setup3)
+    ours, theirs = _both(dcrf, (vol.size, 2), setup3)
     _agree(ours.inference(5), np.array(theirs.inference(5)), "3-D volume")
 
 
-def test_step_inference_and_kl():
+def test_step_inference_and_kl(dcrf):
     H, W, L = 30, 40, 5
     img = _img(H, W, "rocket")
     U = shim.unary_from_softmax(_probs(img, L, seed=4))
@@ -239,7 +261,7 @@ def test_step_inference_and_kl():
         d.addPairwiseGaussian(sxy=3, compat=3)
         d.addPairwiseBilateral(sxy=60, srgb=10, rgbim=img, compat=5)
 
-    ours, theirs = _both((W, H, L), setup)
+    ours, theirs = _both(dcrf, (W, H, L), setup)
     q, t1, t2 = ours.startInference()
     Q, T1, T2 = theirs.startInference()
     _agree(q, np.array(Q), "startInference")
@@ -257,7 +279,7 @@ def test_step_inference_and_kl():
     np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(0), q, rtol=0, atol=1e-5)
 
 
-def test_no_unary_and_no_pairwise():
+def test_no_unary_and_no_pairwise(dcrf):
     d = shim.DenseCRF2D(5, 4, 3)
     d.addPairwiseGaussian(sxy=3, compat=3)
     np.testing.assert_allclose(d.inference(3), np.full((3, 20), 1 / 3, np.float32), atol=1e-6)
@@ -302,3 +324,87 @@ def test_cuda_matches_cpu():
         d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=img, compat=10)
         out.append(d.inference(10))
     np.testing.assert_allclose(out[1], out[0], rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------ install(): unchanged clients
+CLIENT = Path(__file__).with_name("pydensecrf_client.py")
+PYDENSECRF_MODULES = ["pydensecrf", "pydensecrf.densecrf", "pydensecrf.utils"]
+
+
+def _load_client(name):
+    """tests/pydensecrf_client.py, imported afresh as module ``name`` (its imports run again)."""
+    spec = importlib.util.spec_from_file_location(name, CLIENT)
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    return client
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """``install`` for one test: sys.modules' pydensecrf entries and the default device are
+    restored afterwards."""
+    saved = {name: sys.modules.get(name) for name in PYDENSECRF_MODULES}
+    monkeypatch.setattr(shim.densecrf, "_default_device", shim.densecrf.default_device())
+    yield shim.install
+    for name, module in saved.items():
+        if module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = module
+
+
+def test_install_serves_pydensecrf_imports(installed):
+    """After install(), the pydensecrf imports of third-party code get our modules (no real
+    pydensecrf needed)."""
+    installed()
+    import pydensecrf
+    import pydensecrf.densecrf as dcrf_imported
+    import pydensecrf.utils as utils_imported
+    from pydensecrf.utils import unary_from_softmax
+
+    # the very modules, not second copies loaded from our files under pydensecrf's names
+    assert pydensecrf is sys.modules["deeplabv2_ext.compat.pydensecrf"]
+    assert dcrf_imported is sys.modules["deeplabv2_ext.compat.pydensecrf.densecrf"]
+    assert utils_imported is sys.modules["deeplabv2_ext.compat.pydensecrf.utils"]
+    assert unary_from_softmax is shim.unary_from_softmax
+    assert dcrf_imported.DenseCRF2D(4, 3, 2).device == torch.device("cpu")
+
+
+def test_install_device_is_where_new_crfs_run(installed):
+    """install(device=...) sets the device of the CRFs created without one (what third-party
+    code does); an explicit device still wins. "meta" stands for a GPU here: no data needed."""
+    installed(device="meta")
+    import pydensecrf.densecrf as dcrf_imported
+
+    assert dcrf_imported.DenseCRF2D(4, 3, 2).device == torch.device("meta")
+    assert dcrf_imported.DenseCRF(12, 2, device="cpu").device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_install_runs_an_unchanged_pydensecrf_client(device, dcrf, installed):
+    """tests/pydensecrf_client.py, unchanged, on the real pydensecrf and on ours after
+    install(device=...): the same MAP labels wherever pydensecrf's two best labels are not tied
+    to float32 rounding."""
+    H, W, C = 96, 128, 5
+    img = _img(H, W, "coffee")
+    probs = _probs(img, C, seed=3)
+
+    theirs_client = _load_client("pydensecrf_client_on_pydensecrf")
+    assert theirs_client.dcrf is dcrf  # the real pydensecrf
+    theirs = theirs_client.CRFPostProcessor()(img, probs)
+
+    installed(device=device)
+    ours_client = _load_client("pydensecrf_client_on_deeplabv2_ext")
+    assert ours_client.dcrf is sys.modules["deeplabv2_ext.compat.pydensecrf.densecrf"]
+    assert ours_client.utils is sys.modules["deeplabv2_ext.compat.pydensecrf.utils"]
+    assert shim.densecrf.default_device() == torch.device(device)
+    ours = ours_client.CRFPostProcessor()(img, probs)
+
+    assert ours.shape == theirs.shape == (C, H, W)
+    top2 = np.sort(theirs, axis=0)[-2:]
+    decided = top2[1] - top2[0] > 1e-4
+    labels_ours, labels_theirs = ours.argmax(0), theirs.argmax(0)
+    print(f"\n[unchanged client on {device}] {int((~decided).sum())} near-tied pixels of {H * W}, "
+          f"{int((labels_ours != labels_theirs).sum())} differing MAP labels in all")
+    np.testing.assert_array_equal(labels_ours[decided], labels_theirs[decided])
+    assert decided.mean() > 0.99

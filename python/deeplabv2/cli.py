@@ -1,4 +1,4 @@
-"""The `deeplabv2` command: train | evaluate | predict | demo | benchmark.
+"""The `deeplabv2` command: train | evaluate | predict | demo | benchmark | env.
 
 Settings come from a config file (a path, or a shipped name: voc, cityscapes, demo) and
 `--set section.key=value` overrides; `deeplabv2 <command> --help` explains every option.
@@ -167,6 +167,13 @@ def _parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (3)")
     benchmark.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     benchmark.add_argument("--json", type=Path, help="also write the results to this JSON file")
+
+    commands.add_parser(
+        "env",
+        help="print what a bug report needs (= python -m deeplabv2_ext)",
+        description="Versions of deeplabv2_ext, Python and torch, what deeplabv2_ext._C was "
+        "built with (CUDA kernels and architectures), threads and CUDA devices.",
+    )
     return parser
 
 
@@ -279,12 +286,20 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_env(args: argparse.Namespace) -> int:
+    from deeplabv2_ext.env import report
+
+    print(report())
+    return 0
+
+
 COMMANDS = {
     "train": _run_train,
     "evaluate": _run_evaluate,
     "predict": _run_predict,
     "demo": _run_demo,
     "benchmark": _run_benchmark,
+    "env": _run_env,
 }
 
 

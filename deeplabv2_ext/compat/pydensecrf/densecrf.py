@@ -1,15 +1,6 @@
-"""pydensecrf's API (``pydensecrf.densecrf`` and ``pydensecrf.utils``) on deeplabv2_ext's DenseCRF.
-
-A drop-in replacement for code written against Krähenbühl's CRF through pydensecrf::
-
-    from deeplabv2_ext.compat import pydensecrf as dcrf       # was: import pydensecrf.densecrf as dcrf
-    from deeplabv2_ext.compat.pydensecrf import unary_from_softmax   # was: pydensecrf.utils
-
-    d = dcrf.DenseCRF2D(W, H, n_labels)               # optional device="cuda"
-    d.setUnaryEnergy(unary_from_softmax(probs))       # U = -log(p), [L, H*W] float32
-    d.addPairwiseGaussian(sxy=3, compat=3)
-    d.addPairwiseBilateral(sxy=80, srgb=13, rgbim=img, compat=10)   # img [H, W, 3] uint8
-    Q = d.inference(5)                                # np.ndarray [L, H*W] float32
+"""``pydensecrf.densecrf`` on deeplabv2_ext's DenseCRF: ``DenseCRF``, ``DenseCRF2D`` and the
+normalisation and kernel constants (the package :mod:`deeplabv2_ext.compat.pydensecrf` shows
+how to use them).
 
 The same names, argument order, defaults, shapes and sign conventions as pydensecrf; the numbers
 agree with pydensecrf's to float32 rounding (the lattice is the same). Differences:
@@ -24,6 +15,8 @@ agree with pydensecrf's to float32 rounding (the lattice is the same). Differenc
   is not provided; inference is the same for all three.
 - Logistic unaries (``setUnaryEnergy(L, f)``, ``LogisticUnary``) raise ``NotImplementedError``.
 - An optional ``device`` (e.g. ``"cuda"``) runs everything there; inputs and outputs stay NumPy.
+  Without one, a CRF runs on :func:`default_device` (the CPU unless ``install(device=...)``
+  or :func:`set_default_device` chose another).
 
 Each pairwise term's lattice is built when it is added. ``inference`` runs the whole loop in the
 fused op :func:`deeplabv2_ext.densecrf.fused_mean_field` (what ``dense_crf`` runs; CPU and CUDA)
@@ -35,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import types
 from numbers import Number
 
 import numpy as np
@@ -55,12 +47,25 @@ __all__ = [
     "NORMALIZE_BEFORE",
     "NORMALIZE_AFTER",
     "NORMALIZE_SYMMETRIC",
-    "unary_from_softmax",
-    "unary_from_labels",
-    "create_pairwise_gaussian",
-    "create_pairwise_bilateral",
-    "utils",
+    "default_device",
+    "set_default_device",
 ]
+
+
+# Where a CRF created without a ``device`` runs (third-party pydensecrf code never passes one).
+_default_device = torch.device("cpu")
+
+
+def default_device() -> torch.device:
+    """The device of the CRFs created without one (the CPU unless changed)."""
+    return _default_device
+
+
+def set_default_device(device) -> None:
+    """Run the CRFs created without a ``device`` on ``device`` (e.g. ``"cuda"``); existing CRFs
+    keep theirs."""
+    global _default_device
+    _default_device = torch.device(device)
 
 
 class NormalizationType(enum.IntEnum):
@@ -169,7 +174,7 @@ class DenseCRF:
             raise ValueError(f"n_labels must be >= 1, got {n_labels}")
         self._nvar = n_pixels
         self._nlabel = n_labels
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = torch.device(device) if device is not None else default_device()
         self._unary = torch.zeros(1, n_labels, n_pixels, device=self.device)  # log-space (-U)
         self._pairwise: list[_Pairwise] = []
 
@@ -358,78 +363,3 @@ class DenseCRF2D(DenseCRF):
         rgb = torch.from_numpy(np.ascontiguousarray(rgbim)).reshape(-1, 3).t().to(torch.float32)
         rgb = torch.stack([rgb[c] / float(srgb[c]) for c in range(3)])
         self._add_term(torch.cat([self._xy(sxy), rgb]), compat, kernel, normalization)
-
-
-# --------------------------------------------------------------------------------- utils
-def unary_from_softmax(sm, scale=None, clip=1e-5):
-    """Unary energies -log(p) [n_classes, n_pixels] float32 from class probabilities ``sm``
-    [n_classes, ...]. ``scale`` in (0, 1] mixes them with the uniform distribution
-    (scale * p + (1 - scale) / n_classes); probabilities are clipped to [clip, 1] (unless clip
-    is None) so that the log stays finite."""
-    sm = np.asarray(sm)
-    n = sm.shape[0]
-    if scale is not None:
-        if not 0 < scale <= 1:
-            raise ValueError(f"`scale` needs to be in (0,1], got {scale}")
-        sm = scale * sm + (1 - scale) * (np.ones(sm.shape) / n)
-    if clip is not None:
-        sm = np.clip(sm, clip, 1.0)
-    return (-np.log(sm)).reshape(n, -1).astype(np.float32)
-
-
-def unary_from_labels(labels, n_labels, gt_prob, zero_unsure=True):
-    """Unary energies [n_labels, n_pixels] float32 from a label map: probability ``gt_prob`` for
-    the annotated label, the rest spread evenly over the others. With ``zero_unsure`` label 0
-    means "unknown" (uniform) and labels 1..n_labels map to classes 0..n_labels-1."""
-    if not 0 < gt_prob < 1:
-        raise ValueError("`gt_prob must be in (0,1).")
-    labels = np.asarray(labels).reshape(-1)
-    other = -np.log((1.0 - gt_prob) / (n_labels - 1))
-    hit = -np.log(gt_prob)
-    u = np.full((n_labels, labels.size), other, dtype=np.float32)
-    cls = labels - 1 if zero_unsure else labels
-    u[cls, np.arange(labels.size)] = hit
-    if zero_unsure:
-        u[:, labels == 0] = -np.log(1.0 / n_labels)
-    return u
-
-
-def _scaled_mesh(sdims, shape) -> np.ndarray:
-    sdims = tuple(sdims)
-    if len(sdims) != len(shape):
-        raise ValueError(f"need one scale per dimension: {len(shape)} for shape {tuple(shape)}, got {sdims}")
-    mesh = np.array(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), dtype=np.float32)
-    for axis, s in enumerate(sdims):
-        mesh[axis] /= s
-    return mesh
-
-
-def create_pairwise_gaussian(sdims, shape):
-    """Features [len(shape), prod(shape)] float32: the pixel coordinates (in ``shape``'s axis
-    order, i.e. row before column for 2-D) divided by ``sdims``."""
-    return _scaled_mesh(sdims, shape).reshape(len(shape), -1)
-
-
-def create_pairwise_bilateral(sdims, schan, img, chdim=-1):
-    """Features [n_dims + n_channels, n_pixels] float32: the scaled pixel coordinates followed by
-    the image channels divided by ``schan`` (a number or one per channel). ``chdim`` is the
-    channel axis of ``img``, or -1 when it has none."""
-    img = np.asarray(img)
-    chan = img[np.newaxis] if chdim == -1 else np.moveaxis(img, chdim, 0)
-    chan = chan.astype(np.float32)
-    if isinstance(schan, Number):
-        chan /= schan
-    else:
-        for c, s in enumerate(schan):
-            chan[c] /= s
-    feats = np.concatenate([_scaled_mesh(sdims, chan.shape[1:]), chan])
-    return feats.reshape(feats.shape[0], -1)
-
-
-utils = types.SimpleNamespace(
-    unary_from_softmax=unary_from_softmax,
-    unary_from_labels=unary_from_labels,
-    create_pairwise_gaussian=create_pairwise_gaussian,
-    create_pairwise_bilateral=create_pairwise_bilateral,
-)
-"""``pydensecrf.utils``' functions under one name (``dcrf.utils.unary_from_softmax``)."""
