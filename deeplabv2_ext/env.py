@@ -27,7 +27,7 @@ def cuda_kernels_line() -> str:
 
 
 def collect() -> list[tuple[str, str]]:
-    """(name, value) pairs: versions, the build of _C, devices and threads."""
+    """(name, value) pairs: versions, the build of _C, the CPU loops picked, devices and threads."""
     built_against = _build_info.TORCH_VERSION if _build_info is not None else "not recorded"
     if _build_info is not None and built_against != torch.__version__:
         built_against += f" (MISMATCH: running with torch {torch.__version__}; reinstall)"
@@ -38,8 +38,7 @@ def collect() -> list[tuple[str, str]]:
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda}, {os.path.dirname(torch.__file__)})"),
         ("_C built against torch", built_against),
         ("CUDA kernels", cuda_kernels_line()),
-        # Lead: after merging the branch that adds deeplabv2_ext._extension.cpu_isa(), add here:
-        #   ("CRF CPU loops", _extension.cpu_isa()),
+        ("CRF CPU loops", _extension.cpu_isa()),
         ("torch threads", f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} "
                           f"inter-op; {os.cpu_count()} CPUs; OMP_NUM_THREADS="
                           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}"),

@@ -20,6 +20,7 @@ def test_report_says_versions_build_and_threads():
     assert rows["deeplabv2_ext"].startswith(deeplabv2_ext.__version__ + " ")
     assert rows["torch"].startswith(torch.__version__ + " ")
     assert rows["torch threads"].startswith(f"{torch.get_num_threads()} intra-op")
+    assert rows["CRF CPU loops"] == deeplabv2_ext._extension.cpu_isa()
     built = deeplabv2_ext.cuda_kernels_available()
     assert rows["CUDA kernels"].startswith("built" if built else "not built")
     if env._build_info is not None:  # an installed build (setup.py wrote it)
