@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 commit="$(git rev-parse --short HEAD)"
 git diff --quiet HEAD -- csrc deeplabv2_ext python benchmarks || commit="${commit}-dirty"
-out="benchmarks/results/cpu_claims_${commit}.md"
+out="$(pwd)/benchmarks/results/cpu_claims_${commit}.md"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
 
@@ -43,7 +43,7 @@ run() {  # run <what it measures> <command...>: the command, then its output, in
  run "4000x3000, L=5, 2 threads: time and peak memory" \
    python3 crf_large_image.py --threads 2)
 
-json="benchmarks/results/cpu_claims_${commit}_batch8.json"
+json="$(pwd)/benchmarks/results/cpu_claims_${commit}_batch8.json"
 run "batch 8 at 512x512, 2 threads (pytest-benchmark, variants one after the other)" \
   env CRF_BENCH_DEVICE=cpu CRF_BENCH_SIZES=512 CRF_BENCH_BATCHES=8 CRF_BENCH_ROUNDS=3 \
   CRF_BENCH_THREADS=2 pytest -q -p no:cacheprovider benchmarks/test_bench_densecrf.py \
