@@ -50,5 +50,5 @@ run "batch 8 at 512x512, 2 threads (pytest-benchmark, variants one after the oth
   --benchmark-json="$json"
 run "the batch-8 table" python3 benchmarks/summarize.py "$json"
 run "the demo (time and mIoU without and with the CRF)" \
-  deeplabv2 demo --check --output-dir "$scratch/demo"
+  env TQDM_DISABLE=1 deeplabv2 demo --check --output-dir "$scratch/demo"
 echo "wrote $out" >&2
