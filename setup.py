@@ -83,6 +83,13 @@ if torch is not None:
     class BuildAndRecord(BuildExtension):
         """torch's BuildExtension that says what it builds and records it in _build_info.py."""
 
+        def finalize_options(self) -> None:
+            # Always build: without ninja, distutils would keep a _C newer than its sources that
+            # was built against another torch or arch list, and _build_info.py would then lie.
+            # ninja (the usual case) still recompiles only what changed.
+            super().finalize_options()
+            self.force = True
+
         def run(self) -> None:
             kernels = (f"CPU and CUDA kernels for TORCH_CUDA_ARCH_LIST="
                        f"{os.environ['TORCH_CUDA_ARCH_LIST']}" if WITH_CUDA else "CPU kernels only")

@@ -152,8 +152,13 @@ export -f build
 run_stage install 270 bash -c build
 
 # ------------------------------------------------------------------------------------ 4. tests
-run_stage tests_cuda 170 pytest tests -m cuda -q -p no:cacheprovider --durations=15 \
-    --junitxml="$OUT/junit_cuda.xml"
+# -v -rfE: each outcome is in the log as it happens and the failures' summary at the end, even
+# if the stage's time limit kills pytest before it writes the junit file; with pytest-timeout
+# on the machine, one hung test costs 120 s, not the stage.
+PER_TEST_TIMEOUT=()
+python -c "import pytest_timeout" 2>/dev/null && PER_TEST_TIMEOUT=(--timeout=120 --timeout-method=thread)
+run_stage tests_cuda 240 pytest tests -m cuda -v -rfE -p no:cacheprovider --durations=15 \
+    "${PER_TEST_TIMEOUT[@]}" --junitxml="$OUT/junit_cuda.xml"
 if [[ "${GPU_CHECK_FULL_TESTS:-0}" == "1" ]]; then
     run_stage tests_all 240 pytest tests -m "not cuda_on_cpu" -q -p no:cacheprovider --durations=15 \
         --junitxml="$OUT/junit_all.xml"

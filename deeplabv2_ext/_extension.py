@@ -6,7 +6,20 @@ from collections.abc import Sequence
 
 import torch
 
-from deeplabv2_ext import _C  # noqa: F401  (importing registers the ops)
+try:  # written by setup.py next to _C; absent when _C was not built by setup.py
+    from deeplabv2_ext import _build_info as build_info
+except ImportError:
+    build_info = None
+
+try:
+    from deeplabv2_ext import _C  # noqa: F401  (importing registers the ops)
+except ImportError as error:  # e.g. an undefined symbol: _C was compiled against another torch
+    if build_info is not None and build_info.TORCH_VERSION != torch.__version__:
+        raise ImportError(
+            f"deeplabv2_ext._C was built against torch {build_info.TORCH_VERSION}, and this is "
+            f"torch {torch.__version__}: run `pip install .` again to rebuild it against this "
+            f"torch ({error})") from error
+    raise
 
 
 def cuda_kernels_available() -> bool:

@@ -60,7 +60,9 @@ def aspp(
     rates = _as_rates(rates)
     if len(rates) <= ASPP_MAX_RATES:
         return torch.ops.deeplabv2_ext.aspp(input, weight, bias, list(rates))
-    _check_args(input, weight, bias, rates)  # before slicing, so errors name the whole call
+    # Before slicing, so that errors name the whole call; dtypes and devices are checked by
+    # each group's op call, after autocast has cast its arguments.
+    _check_branches(weight, bias, rates)
     output = None
     for start in range(0, len(rates), ASPP_MAX_RATES):
         group = slice(start, start + ASPP_MAX_RATES)
@@ -90,8 +92,7 @@ def _check_args(input: Tensor, weight: Tensor, bias: Tensor | None, rates: Seque
     """The C++ argument checks (csrc/aspp/aspp.cpp), for the fake kernel used when tracing."""
     if input.dim() != 4:
         raise ValueError(f"aspp: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
-    if weight.dim() != 5:
-        raise ValueError(f"aspp: weight must be 5-D [R, K, C, 3, 3], got {tuple(weight.shape)}")
+    _check_branches(weight, bias, rates)
     if weight.shape[3] != 3 or weight.shape[4] != 3:
         raise ValueError(f"aspp: weight must have 3x3 kernels, got {tuple(weight.shape)}")
     if input.dtype not in _SUPPORTED_DTYPES:
@@ -105,9 +106,23 @@ def _check_args(input: Tensor, weight: Tensor, bias: Tensor | None, rates: Seque
         if other.dtype != input.dtype:
             raise TypeError(f"aspp: all tensors must have the same dtype, got input "
                             f"{input.dtype} and {name} {other.dtype}")
+    if input.shape[1] < 1 or weight.shape[1] < 1:
+        raise ValueError(f"aspp: the channel counts C and K must be at least 1, got input "
+                         f"{tuple(input.shape)} and weight {tuple(weight.shape)}")
     if input.shape[1] != weight.shape[2]:
         raise ValueError(f"aspp: input has C = {input.shape[1]} channels but weight expects "
                          f"C = {weight.shape[2]} channels")
+    if input.shape[2] < 1 or input.shape[3] < 1:
+        raise ValueError(f"aspp: input height and width must be at least 1, got "
+                         f"{tuple(input.shape)}")
+
+
+def _check_branches(weight: Tensor, bias: Tensor | None, rates: Sequence[int]) -> None:
+    """The checks of the branch structure: weight [R, K, C, 3, 3] with R = len(rates) >= 1,
+    positive rates, bias [R, K]. ``aspp`` runs them before it splits the rates into groups (a
+    group's op call could not see a mismatch of the whole)."""
+    if weight.dim() != 5:
+        raise ValueError(f"aspp: weight must be 5-D [R, K, C, 3, 3], got {tuple(weight.shape)}")
     if len(rates) != weight.shape[0] or len(rates) == 0:
         raise ValueError(f"aspp: len(rates) must equal R = weight.size(0) = {weight.shape[0]}, "
                          f"got rates {tuple(rates)}")

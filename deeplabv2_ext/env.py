@@ -10,10 +10,7 @@ import torch
 import deeplabv2_ext
 from deeplabv2_ext import _extension
 
-try:  # written by setup.py next to _C; absent when _C was not built by setup.py
-    from deeplabv2_ext import _build_info
-except ImportError:
-    _build_info = None
+from deeplabv2_ext._extension import build_info as _build_info
 
 
 def cuda_kernels_line() -> str:

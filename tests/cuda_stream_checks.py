@@ -14,7 +14,9 @@ hide behind; ``torch.cuda._sleep`` keeps one stream busy for about a second:
   sleep was still running then (else it proved nothing).
 
 Side streams from ``torch.cuda.Stream()`` are non-blocking: they never wait for the legacy
-default stream implicitly.
+default stream implicitly. An op that waits on the host for its own stream (``.item()``, a copy
+to the host) lets the side stream's sleep and copies finish before it launches the rest, so for
+such ops (``host_syncs=True``: the CRF ops) only ``busy_default`` can catch a wrong stream.
 """
 from __future__ import annotations
 
@@ -34,9 +36,12 @@ def _to_host(outputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tens
 
 
 def run_on_side_stream(schedule: str, op: Callable[..., object],
-                       inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+                       inputs: Sequence[torch.Tensor],
+                       host_syncs: bool = False) -> tuple[torch.Tensor, ...]:
     """``op(*inputs)`` (CUDA tensors in, a tensor or tensors out) on a fresh side stream under
-    ``schedule``; returns its outputs on the host."""
+    ``schedule``; returns its outputs on the host. Unless ``host_syncs`` (the op waits on the host
+    for its stream), ``late_inputs`` checks that the whole op was enqueued while the side stream
+    still slept (else it proved nothing)."""
     side = torch.cuda.Stream()
     if schedule == "late_inputs":
         staged = [torch.zeros_like(t) for t in inputs]
@@ -46,8 +51,13 @@ def run_on_side_stream(schedule: str, op: Callable[..., object],
             for copy, source in zip(staged, inputs):
                 copy.copy_(source)
             outputs = op(*staged)
+        enqueued_while_sleeping = not side.query()
         torch.cuda.current_stream().wait_stream(side)  # the staged copies are freed after this
-        return _to_host(outputs)
+        host = _to_host(outputs)
+        assert host_syncs or enqueued_while_sleeping, (
+            "the side stream's sleep ended before the op was enqueued: the op waited on the host "
+            "(pass host_syncs=True), or SLEEP_CYCLES is too short")
+        return host
     if schedule == "busy_default":
         torch.cuda.synchronize()
         with torch.cuda.stream(torch.cuda.default_stream()):
@@ -56,7 +66,9 @@ def run_on_side_stream(schedule: str, op: Callable[..., object],
             host = _to_host(op(*inputs))  # copies on the side stream, then waits for it
         still_sleeping = not torch.cuda.default_stream().query()
         torch.cuda.synchronize()
-        assert still_sleeping, ("the default stream's sleep ended before the op's results were "
-                                "read: the schedule proved nothing (raise SLEEP_CYCLES)")
+        assert still_sleeping, (
+            "the default stream's sleep ended before the host read the op's results: the op "
+            "synchronised with the default stream (a copy or memset on stream 0, a device sync), "
+            "or SLEEP_CYCLES is too short")
         return host
     raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")

@@ -740,6 +740,21 @@ def test_autocast(device, amp_dtype):
 
 
 @pytest.mark.parametrize("device,amp_dtype", AUTOCAST)
+def test_autocast_mixed_dtypes_more_rates_than_one_call(device, amp_dtype):
+    """Under autocast an activation of the autocast dtype meets float32 weights (as after an
+    autocast layer): with more rates than one op call takes, the split path must let autocast
+    cast each group's arguments, as the one-call path does."""
+    rates = tuple(range(1, ASPP_MAX_RATES + 2))
+    x = torch.randn(1, 3, 5, 5, device=device).to(amp_dtype)
+    w, b = make_params(len(rates), 2, 3, torch.float32, device)
+    with torch.autocast(device_type=device, dtype=amp_dtype):
+        out = aspp(x, w, b, rates)
+    assert out.dtype == amp_dtype
+    ref = _ref(x.double(), w.to(amp_dtype).double(), b.to(amp_dtype).double(), rates)
+    assert_close(out, ref, RTOL[amp_dtype])
+
+
+@pytest.mark.parametrize("device,amp_dtype", AUTOCAST)
 def test_autocast_module(device, amp_dtype):
     m = ASPP(4, 3, rates=(1, 2)).to(device)
     x = torch.randn(1, 4, 6, 6, device=device)
@@ -1096,17 +1111,10 @@ def test_misaligned_channels_last(device, dtype, lead):
         assert_close(g, r, RTOL[dtype], name)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cudnn_tf32", [False, True], ids=["cudnn_tf32_off", "cudnn_tf32_on"])
-@pytest.mark.parametrize("matmul_tf32", [False, True], ids=["matmul_tf32_off", "matmul_tf32_on"])
-def test_tf32_follows_the_cudnn_switch_alone(device, cudnn_tf32, matmul_tf32):
-    """float32 on CUDA uses TF32 iff torch.backends.cudnn.allow_tf32 (at::globalContext().
-    allowTF32CuDNN(), as for conv2d); the matmul switch plays no part; the CPU op is exact
-    whatever the switches. Inputs and grad_output are 1 + 2^-13, which TF32 rounds to 1, weights
-    are 1: every sum is exact in float32 either way, so the results show exactly whether the
-    forward, dgrad and wgrad rounded their operands to TF32."""
-    torch.backends.cudnn.allow_tf32 = cudnn_tf32  # restored by tests/conftest.py
-    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+def _check_tf32_use(device: str, uses_tf32: bool) -> None:
+    """Runs forward, dgrad and wgrad in float32 on inputs and grad_output of 1 + 2^-13, which
+    TF32 rounds to 1, with weights of 1: every sum is exact in float32 either way, so the results
+    show exactly whether the kernels rounded their operands to TF32 (``uses_tf32``) or not."""
     value = 1 + 2.0**-13
     rates = [1, 2]
     x = torch.full((2, 8, 5, 6), value, device=device)
@@ -1114,7 +1122,6 @@ def test_tf32_follows_the_cudnn_switch_alone(device, cudnn_tf32, matmul_tf32):
     w = torch.ones(len(rates), 4, 8, 3, 3, device=device)
     out = OPS.aspp(x, w, None, rates)
     grad_input, grad_weight, _ = OPS.aspp_backward(grad_out, x, w, rates, [True, True, False])
-    uses_tf32 = device == "cuda" and cudnn_tf32
     seen = 1.0 if uses_tf32 else value  # the operand values the kernels multiplied
     ref, (ref_gi, ref_gw, _) = reference_with_grads(torch.full_like(x, seen), w, None, rates,
                                                    torch.full_like(grad_out, seen))
@@ -1122,6 +1129,33 @@ def test_tf32_follows_the_cudnn_switch_alone(device, cudnn_tf32, matmul_tf32):
                                 ("grad_weight", grad_weight, ref_gw)):
         torch.testing.assert_close(got.double().cpu(), expected.cpu(), rtol=1e-6, atol=0,
                                    msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cudnn_tf32", [False, True], ids=["cudnn_tf32_off", "cudnn_tf32_on"])
+@pytest.mark.parametrize("matmul_tf32", [False, True], ids=["matmul_tf32_off", "matmul_tf32_on"])
+def test_tf32_follows_the_cudnn_switch_alone(device, cudnn_tf32, matmul_tf32):
+    """float32 on CUDA uses TF32 iff torch.backends.cudnn.allow_tf32 (cuDNN convolutions may, as
+    for conv2d); the matmul switch plays no part; the CPU op is exact whatever the switches."""
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32  # restored by tests/conftest.py
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    _check_tf32_use(device, uses_tf32=device == "cuda" and cudnn_tf32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("conv_precision", ["ieee", "tf32"])
+def test_tf32_follows_the_cudnn_conv_precision(device, conv_precision):
+    """The fp32_precision API: torch.backends.cudnn.conv.fp32_precision decides, as for conv2d,
+    with the rnn precision set to the other value. torch raises when asked whether cuDNN may use
+    TF32 without naming the op while conv and rnn differ, so the op must ask for conv."""
+    conv, rnn = torch.backends.cudnn.conv, torch.backends.cudnn.rnn
+    saved = (conv.fp32_precision, rnn.fp32_precision)
+    try:
+        conv.fp32_precision = conv_precision
+        rnn.fp32_precision = "tf32" if conv_precision == "ieee" else "ieee"
+        _check_tf32_use(device, uses_tf32=device == "cuda" and conv_precision == "tf32")
+    finally:  # before conftest's teardown, which reads the legacy flags (they raise meanwhile)
+        conv.fp32_precision, rnn.fp32_precision = saved
 
 
 @CUDA

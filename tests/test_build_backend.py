@@ -73,3 +73,37 @@ def test_sdist_hooks_are_setuptools_own():
 
     assert backend.build_sdist is build_meta.build_sdist
     assert backend.get_requires_for_build_sdist is build_meta.get_requires_for_build_sdist
+
+
+def test_missing_or_old_setuptools_stops_with_one_line(monkeypatch):
+    import setuptools
+
+    monkeypatch.setattr(setuptools, "__version__", "65.5.0")
+    for module in ("setuptools.command.bdist_wheel", "wheel.bdist_wheel"):  # as in 65.5 alone
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(SystemExit) as stop:
+        backend._setuptools_build_meta()
+    assert "\n" not in str(stop.value) and "has setuptools 65.5.0" in str(stop.value)
+    assert "pip install 'setuptools>=70.1' ninja" in str(stop.value)
+    monkeypatch.setitem(sys.modules, "setuptools", None)
+    with pytest.raises(SystemExit, match="has no setuptools"):
+        backend._setuptools_build_meta()
+
+
+def _fake_interpreter(tmp_path, body):
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_interpreter_sys_path_ignores_other_output_and_fails_in_one_line(tmp_path, monkeypatch):
+    noisy = _fake_interpreter(tmp_path, f'echo "a .pth file printed this"; {sys.executable} "$@"; '
+                                        f'status=$?; echo "and this at exit"; exit $status')
+    monkeypatch.setattr(backend.sys, "executable", noisy)
+    assert os.path.dirname(os.path.dirname(torch.__file__)) in backend.interpreter_sys_path()
+    broken = _fake_interpreter(tmp_path, 'echo "boom: no such thing" >&2; exit 3')
+    monkeypatch.setattr(backend.sys, "executable", broken)
+    with pytest.raises(SystemExit) as stop:
+        backend.interpreter_sys_path()
+    assert "\n" not in str(stop.value) and "boom: no such thing" in str(stop.value)

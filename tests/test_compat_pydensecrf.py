@@ -380,6 +380,16 @@ def test_install_device_is_where_new_crfs_run(installed):
     assert dcrf_imported.DenseCRF(12, 2, device="cpu").device == torch.device("cpu")
 
 
+def test_install_refuses_a_device_this_process_cannot_use(installed):
+    """A device that cannot be used here (no such GPU) is an error at install(), not later inside
+    third-party code; the default device stays as it was."""
+    before = shim.densecrf.default_device()
+    with pytest.raises(ValueError, match="'cuda:99' cannot be used here"):
+        installed(device="cuda:99")
+    assert shim.densecrf.default_device() == before
+    assert sys.modules.get("pydensecrf") is not shim  # not installed either
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_install_runs_an_unchanged_pydensecrf_client(device, dcrf, installed):
     """tests/pydensecrf_client.py, unchanged, on the real pydensecrf and on ours after

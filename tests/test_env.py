@@ -51,3 +51,24 @@ def test_python_m_deeplabv2_ext_and_deeplabv2_env_print_it(tmp_path, capsys):
         rows = [line.split(" : ", 1) for line in text.strip().splitlines()]
         assert [name.strip() for name, _ in rows] == [name for name, _ in env.collect()]
         assert rows[0][1].startswith(deeplabv2_ext.__version__ + " ")
+
+
+def test_a_c_extension_built_for_another_torch_fails_to_import_with_what_to_do(tmp_path):
+    """_C that does not load (as after a torch upgrade: undefined symbols) under a torch other than
+    the recorded one: `import deeplabv2_ext` says to rebuild, naming both versions."""
+    code = (
+        "import importlib.abc, sys, types\n"
+        "class Broken(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'deeplabv2_ext._C':\n"
+        "            raise ImportError('_C.so: undefined symbol: _ZN3c10fake')\n"
+        "sys.meta_path.insert(0, Broken())\n"
+        "sys.modules['deeplabv2_ext._build_info'] = types.SimpleNamespace(TORCH_VERSION='1.0.0')\n"
+        "import deeplabv2_ext\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONSAFEPATH": "1"})
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0
+    assert (f"deeplabv2_ext._C was built against torch 1.0.0, and this is torch {torch.__version__}: "
+            "run `pip install .` again" in last), result.stderr
+    assert "undefined symbol: _ZN3c10fake" in last

@@ -4,7 +4,8 @@
 // output_memory_format(input)), a weight-sized workspace (packed weights or fp32 / fp64 gradient
 // accumulators) and fills the torch-free parameter structs of aspp_kernel.cuh. The kernels read
 // every tensor through its strides (NCHW, channels_last or arbitrary), so no activation-sized copy
-// is ever made. float32 uses TF32 tensor cores iff at::globalContext().allowTF32CuDNN().
+// is ever made. float32 uses TF32 tensor cores iff cuDNN convolutions may
+// (at::globalContext().allowTF32CuDNN(at::Float32Op::CONV), as conv2d asks).
 #include "../aspp.h"
 #include "aspp_kernel.cuh"
 
@@ -98,7 +99,9 @@ void copy_rates(int (&dst)[kAsppMaxRates], at::IntArrayRef rates, int H, int W) 
 }
 
 // The fields every params struct shares: sizes, rates, dtype and the TF32 switch (float32 uses
-// TF32 tensor cores iff cuDNN convolutions may, like conv2d).
+// TF32 tensor cores iff cuDNN convolutions may, like conv2d). The switch is asked for CONV, as
+// conv2d does: without an op, torch raises once the conv and rnn precisions of the
+// fp32_precision API differ.
 template <typename Params>
 void set_problem(Params& p, const Sizes& s, at::IntArrayRef rates, AsppDType dtype) {
   p.N = s.N;
@@ -109,7 +112,8 @@ void set_problem(Params& p, const Sizes& s, at::IntArrayRef rates, AsppDType dty
   p.R = s.R;
   copy_rates(p.rates, rates, s.H, s.W);
   p.dtype = dtype;
-  p.allow_tf32 = dtype == AsppDType::kFloat32 && at::globalContext().allowTF32CuDNN();
+  p.allow_tf32 =
+      dtype == AsppDType::kFloat32 && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
 }
 
 at::Tensor make_workspace(size_t bytes, const at::Tensor& like) {

@@ -54,9 +54,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohe
   TORCH_CHECK_VALUE(features.is_cuda(), "permutohedral_lattice: the CUDA kernel got features on ",
                     features.device());
   c10::cuda::CUDAGuard guard(features.device());
+  const int64_t N = features.size(0), P = features.size(2);
+  const int d = static_cast<int>(features.size(1));
+  check_entry_count(N, P, d, "permutohedral_lattice");  // sizes only: before any allocation
   const at::Tensor f = features.contiguous();
-  const int64_t N = f.size(0), P = f.size(2);
-  const int d = static_cast<int>(f.size(1));
   const auto int_opts = f.options().dtype(at::kInt);
   at::Tensor vertex_index = at::empty({N, P, d + 1}, int_opts);
   at::Tensor vertex_weight = at::empty({N, P, d + 1}, f.options());
@@ -64,7 +65,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohe
     return {vertex_index, vertex_weight, at::empty({d + 1, 0, 2}, int_opts),
             at::zeros({1}, int_opts), at::empty({0}, int_opts)};
   }
-  check_entry_count(N, P, d, "permutohedral_lattice");
 
   LatticeParams p;
   p.features = f.data_ptr<float>();
@@ -138,12 +138,12 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
   const int64_t N = values.size(0), P = values.size(1), V = values.size(2);
   const int d = static_cast<int>(vertex_index.size(2) - 1);
   const int64_t M = blur_neighbors.size(1);
+  check_entry_count(N, P, d, "permutohedral_filter");  // sizes only: before any allocation
   at::Tensor out = at::empty({N, P, V}, values.options());
   if (out.numel() == 0) return out;
   // N, P, V >= 1 here, so there is at least one lattice entry and hence one vertex.
   TORCH_CHECK_VALUE(M >= 1, "permutohedral_filter: blur_neighbors has no vertices (M = 0) but "
                     "values is not empty: pass the tensors returned by permutohedral_lattice");
-  check_entry_count(N, P, d, "permutohedral_filter");
 
   const at::Tensor in = values.contiguous();
   const at::Tensor index = vertex_index.contiguous();

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 from deeplabv2_ext.compat.pydensecrf import densecrf, utils
 from deeplabv2_ext.compat.pydensecrf.densecrf import *  # noqa: F403  (pydensecrf.densecrf's names)
 from deeplabv2_ext.compat.pydensecrf.utils import *  # noqa: F403  (pydensecrf.utils' names)
@@ -28,7 +30,7 @@ from deeplabv2_ext.compat.pydensecrf.utils import *  # noqa: F403  (pydensecrf.u
 __all__ = densecrf.__all__ + utils.__all__ + ["densecrf", "utils", "install"]
 
 
-def install(device=None) -> None:
+def install(device: str | torch.device | None = None) -> None:
     """Serve ``import pydensecrf``, ``pydensecrf.densecrf`` and ``pydensecrf.utils`` from this
     package for the rest of the process (like ``pymysql.install_as_MySQLdb()``), so that
     third-party pydensecrf code runs on deeplabv2_ext's CRF without an edit. Call it before that
@@ -36,6 +38,7 @@ def install(device=None) -> None:
 
     ``device``: where the CRFs that such code creates run (it never passes a device), e.g.
     ``"cuda"``; None keeps :func:`~deeplabv2_ext.compat.pydensecrf.densecrf.default_device`.
+    There is no undo; pydensecrf's ``pydensecrf.eigen`` module is not provided.
     """
     if device is not None:
         densecrf.set_default_device(device)

@@ -61,10 +61,19 @@ def default_device() -> torch.device:
     return _default_device
 
 
-def set_default_device(device) -> None:
+def set_default_device(device: str | torch.device) -> None:
     """Run the CRFs created without a ``device`` on ``device`` (e.g. ``"cuda"``); existing CRFs
-    keep theirs."""
+    keep theirs.
+
+    Raises:
+        ValueError: ``device`` is not usable here (e.g. "cuda" without a GPU): said now, not
+            later inside the code that creates the CRFs.
+    """
     global _default_device
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # torch's CPU builds assert on "cuda"
+        raise ValueError(f"set_default_device: {device!r} cannot be used here: {error}") from error
     _default_device = torch.device(device)
 
 
