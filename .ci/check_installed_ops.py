@@ -1,5 +1,6 @@
 """CI check of an installed deeplabv2_ext (run by .ci/run on the sdist's install): it is the
-installed copy, and one ASPP call and one CRF call give right answers.
+installed copy (with the deeplabv2 application), and one ASPP call and one CRF call give right
+answers.
 
 Run it from outside the repository (so that the installed package is imported). Exit status 1
 on failure (an assertion).
@@ -12,22 +13,26 @@ import torch
 import torch.nn.functional as F
 
 import deeplabv2_ext
+from deeplabv2.models import ConvASPP
 
 assert deeplabv2_ext.__file__.startswith(sysconfig.get_paths()["purelib"]), deeplabv2_ext.__file__
 print(f"deeplabv2_ext {deeplabv2_ext.__version__} from {deeplabv2_ext.__file__}")
 
-# ASPP: the fused op against the sum of F.conv2d in float64.
+# ASPP: the fused op against the reference head (deeplabv2.models.ConvASPP: R nn.Conv2d, summed)
+# in float64, with standard-normal weights and biases copied into the fused module.
 torch.manual_seed(0)
-rates = [1, 3]
+reference = ConvASPP(8, 6, rates=(1, 3)).double()
+for conv in reference.convs:
+    torch.nn.init.normal_(conv.weight)
+    torch.nn.init.normal_(conv.bias)
+fused = deeplabv2_ext.ASPP.from_convs(reference.convs).float()
 x = torch.randn(2, 8, 17, 19)
-weight = torch.randn(len(rates), 6, 8, 3, 3)
-bias = torch.randn(len(rates), 6)
-out = deeplabv2_ext.aspp(x, weight, bias, rates)
-ref = sum(F.conv2d(x.double(), weight[r].double(), bias[r].double(), padding=rate, dilation=rate)
-          for r, rate in enumerate(rates))
+with torch.no_grad():
+    out = fused(x)
+    ref = reference(x.double())
 error = (out.double() - ref).abs().max().item()
 assert out.shape == ref.shape and error < 1e-3, (out.shape, error)
-print(f"aspp {tuple(out.shape)}: max |error| vs float64 F.conv2d = {error:.1e}")
+print(f"aspp {tuple(out.shape)}: max |error| vs float64 ConvASPP = {error:.1e}")
 
 # CRF: two flat colour regions, labels flipped at random on 30 % of the pixels in the unary;
 # mean field must return distributions and repair most of the flipped pixels.

@@ -9,7 +9,6 @@ import torch
 
 import deeplabv2_ext
 from deeplabv2_ext import _extension
-
 from deeplabv2_ext._extension import build_info as _build_info
 
 
