@@ -8,11 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DLV2_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define DLV2_HOST_DEVICE inline
-#endif
+#include "../common/host_device.h"
 
 namespace deeplabv2_ext::densecrf {
 

@@ -11,7 +11,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .harness import Device, Result, aspp_dtype, from_bytes, poison_buffer, span, to_buffer
+from .harness import Device, Result, device_dtype, from_bytes, poison_buffer, span, to_buffer
 
 
 def _strides(t: torch.Tensor) -> tuple:
@@ -36,7 +36,7 @@ def aspp_forward(dev: Device, input_: torch.Tensor, weight: torch.Tensor, bias: 
     args = [to_buffer(input_), _strides(input_), to_buffer(weight), _strides(weight)]
     args += [to_buffer(bias), _strides(bias)] if bias is not None else [("null",), ("null",)]
     args += [_output(input_, size, out_stride), ("i64s", list(out_stride))]
-    args += _sizes(input_, weight, rates) + [("i32", aspp_dtype(input_.dtype)), ("i32", int(allow_tf32))]
+    args += _sizes(input_, weight, rates) + [("i32", device_dtype(input_.dtype)), ("i32", int(allow_tf32))]
     result = dev.call("coc_aspp_forward", args, seed=seed, sm_major=sm_major)
     return from_bytes(result.buffers[-1], input_.dtype, size, out_stride), result
 
@@ -47,7 +47,7 @@ def aspp_dgrad(dev: Device, grad_output: torch.Tensor, input_: torch.Tensor, wei
     size = tuple(input_.shape)
     args = [to_buffer(grad_output), _strides(grad_output), to_buffer(weight), _strides(weight),
             _output(input_, size, gi_stride), ("i64s", list(gi_stride))]
-    args += _sizes(input_, weight, rates) + [("i32", aspp_dtype(input_.dtype)), ("i32", int(allow_tf32))]
+    args += _sizes(input_, weight, rates) + [("i32", device_dtype(input_.dtype)), ("i32", int(allow_tf32))]
     result = dev.call("coc_aspp_dgrad", args, seed=seed)
     return from_bytes(result.buffers[-1], input_.dtype, size, gi_stride), result
 
@@ -66,7 +66,7 @@ def aspp_wgrad(dev: Device, grad_output: torch.Tensor, input_: torch.Tensor, wei
     args += ([poison_buffer(R * K * C * 9, weight.dtype), ("i64s", list(gw_stride))] if want_weight
              else [("null",), ("null",)])
     args += [poison_buffer(R * K, weight.dtype), ("i64s", list(gb_stride))] if want_bias else [("null",), ("null",)]
-    args += _sizes(input_, weight, rates) + [("i32", aspp_dtype(input_.dtype)), ("i32", int(allow_tf32))]
+    args += _sizes(input_, weight, rates) + [("i32", device_dtype(input_.dtype)), ("i32", int(allow_tf32))]
     result = dev.call("coc_aspp_wgrad", args, seed=seed, sm_count=sm_count)
     buffers = iter(result.buffers[2 if want_weight else 1:])
     grad_weight = from_bytes(next(buffers), weight.dtype, weight.shape) if want_weight else None
@@ -119,7 +119,7 @@ def filter_(dev: Device, values: torch.Tensor, lat: Lattice, *, reverse: bool = 
     M = lat.blur_neighbors.shape[1]
     output = to_buffer(accumulate_into.contiguous()) if accumulate_into is not None else poison_buffer(N * P * V, values.dtype)
     optional = lambda t: to_buffer(t.contiguous()) if t is not None else ("null",)  # noqa: E731
-    args = [to_buffer(values.contiguous()), output, ("i32", 1 if values.dtype == torch.float64 else 0),
+    args = [to_buffer(values.contiguous()), output, ("i32", device_dtype(values.dtype)),
             ("i64", N), ("i64", P), ("i64", V), ("i32", D), ("i64", M),
             to_buffer(lat.vertex_index.contiguous()), to_buffer(lat.vertex_weight.contiguous()),
             optional(splat_weight), optional(slice_weight), ("i32", int(accumulate_into is not None)),

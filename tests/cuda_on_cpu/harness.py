@@ -33,7 +33,8 @@ REQUEST_TIMEOUT_S = 900
 # (threads) it was launched with (for the coverage and launch-bounds test).
 LAUNCHED: dict[str, int] = {}
 
-_TORCH_TO_ASPP = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+# DType of csrc/common/dtype.h
+_TORCH_TO_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
 
 class DeviceError(AssertionError):
@@ -187,5 +188,5 @@ def from_bytes(data: bytes, dtype: torch.dtype, size, stride=None) -> torch.Tens
     return torch.as_strided(flat, tuple(size), tuple(stride)).clone()
 
 
-def aspp_dtype(dtype: torch.dtype) -> int:
-    return _TORCH_TO_ASPP[dtype]
+def device_dtype(dtype: torch.dtype) -> int:
+    return _TORCH_TO_DTYPE[dtype]

@@ -27,6 +27,7 @@
 #include <type_traits>
 
 #include "../../common/device_portability.cuh"
+#include "../../common/workspace.h"
 #include "aspp_kernel.cuh"
 
 namespace deeplabv2_ext {
@@ -94,8 +95,6 @@ inline int clamp_rate(int rate, int H, int W) {
   return rate < m ? rate : m;
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 // Output-channel block of the implicit GEMMs (skinny N: 21 -> 32, 19 -> 32, 1 -> 16, 256 -> 4x64).
 // fp64 (gradcheck only) is capped at 32 to stay within the register budget.
@@ -111,20 +110,8 @@ constexpr int chunk_channels() {
   return static_cast<int>(64 / sizeof(T));
 }
 
-inline int elem_size(AsppDType d) {
-  switch (d) {
-    case AsppDType::kFloat16:
-    case AsppDType::kBFloat16:
-      return 2;
-    case AsppDType::kFloat32:
-      return 4;
-    case AsppDType::kFloat64:
-      return 8;
-  }
-  return 4;
-}
 // Accumulator size: fp64 accumulates in fp64, everything else in fp32.
-inline int acc_size(AsppDType d) { return d == AsppDType::kFloat64 ? 8 : 4; }
+inline int acc_size(DType d) { return d == DType::kFloat64 ? 8 : 4; }
 
 struct Strides5 {
   int64_t s0, s1, s2, s3, s4;
@@ -772,19 +759,19 @@ struct PolicyTag {
 // Picks the math policy for a dtype on the current device (tensor cores for fp16/bf16, TF32 when
 // allowed, exact FMA otherwise) and returns run(PolicyTag<Policy>{}).
 template <typename Run>
-cudaError_t dispatch_policy(AsppDType dtype, bool allow_tf32, Run&& run) {
+cudaError_t dispatch_policy(DType dtype, bool allow_tf32, Run&& run) {
   const int sm = current_sm_major();
   switch (dtype) {
-    case AsppDType::kFloat16:
+    case DType::kFloat16:
       if (sm < 7) return cudaErrorNotSupported;
       return run(PolicyTag<PolWmmaF16>{});
-    case AsppDType::kBFloat16:
+    case DType::kBFloat16:
       if (sm < 8) return cudaErrorNotSupported;
       return run(PolicyTag<PolWmmaBF16>{});
-    case AsppDType::kFloat32:
+    case DType::kFloat32:
       if (allow_tf32 && sm >= 8) return run(PolicyTag<PolWmmaTF32>{});
       return run(PolicyTag<PolSimt<float, float>>{});
-    case AsppDType::kFloat64:
+    case DType::kFloat64:
       return run(PolicyTag<PolSimt<double, double>>{});
   }
   return cudaErrorInvalidValue;

@@ -25,21 +25,21 @@
 namespace deeplabv2_ext::aspp {
 namespace {
 
-AsppDType to_aspp_dtype(at::ScalarType t) {
+DType to_aspp_dtype(at::ScalarType t) {
   switch (t) {
     case at::kFloat:
-      return AsppDType::kFloat32;
+      return DType::kFloat32;
     case at::kHalf:
-      return AsppDType::kFloat16;
+      return DType::kFloat16;
     case at::kBFloat16:
-      return AsppDType::kBFloat16;
+      return DType::kBFloat16;
     case at::kDouble:
-      return AsppDType::kFloat64;
+      return DType::kFloat64;
     default:
       TORCH_CHECK(false, "aspp (CUDA): unsupported dtype ", t,
                   "; expected float32, float16, bfloat16 or float64");
   }
-  return AsppDType::kFloat32;  // unreachable
+  return DType::kFloat32;  // unreachable
 }
 
 template <size_t D>
@@ -103,7 +103,7 @@ void copy_rates(int (&dst)[kAsppMaxRates], at::IntArrayRef rates, int H, int W) 
 // conv2d does: without an op, torch raises once the conv and rnn precisions of the
 // fp32_precision API differ.
 template <typename Params>
-void set_problem(Params& p, const Sizes& s, at::IntArrayRef rates, AsppDType dtype) {
+void set_problem(Params& p, const Sizes& s, at::IntArrayRef rates, DType dtype) {
   p.N = s.N;
   p.C = s.C;
   p.H = s.H;
@@ -113,7 +113,7 @@ void set_problem(Params& p, const Sizes& s, at::IntArrayRef rates, AsppDType dty
   copy_rates(p.rates, rates, s.H, s.W);
   p.dtype = dtype;
   p.allow_tf32 =
-      dtype == AsppDType::kFloat32 && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
+      dtype == DType::kFloat32 && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
 }
 
 at::Tensor make_workspace(size_t bytes, const at::Tensor& like) {
@@ -183,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cuda(
                                    : at::empty({0}, input.options());
   if (empty) return std::make_tuple(grad_input, grad_weight, grad_bias);
 
-  const AsppDType dtype = to_aspp_dtype(input.scalar_type());
+  const DType dtype = to_aspp_dtype(input.scalar_type());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   if (need_input) {

@@ -28,13 +28,13 @@ struct DgradLayout {
 
 DgradLayout dgrad_layout(const AsppDgradParams& p) {
   DgradLayout L;
-  const int es = elem_size(p.dtype);
+  const int es = element_size(p.dtype);
   L.CC = 64 / es;
   L.BK = pick_block_n(p.C, es);
   L.Kin_pad = static_cast<int>(ceil_div(p.K, L.CC) * L.CC);
   L.Cout_pad = static_cast<int>(ceil_div(p.C, L.BK) * L.BK);
   L.ntaps = num_taps(p.R);
-  L.total = align_up(static_cast<size_t>(L.ntaps) * L.Kin_pad * L.Cout_pad * es, 256);
+  L.total = align_up(static_cast<size_t>(L.ntaps) * L.Kin_pad * L.Cout_pad * es);
   return L;
 }
 
@@ -49,9 +49,9 @@ bool dgrad_params_ok(const AsppDgradParams& p) {
   if (static_cast<int64_t>(p.H) * p.W >= (int64_t(1) << 31)) return false;
   const int64_t M = p.N * p.H * p.W;
   // pipeline stage count (channel chunks x taps) must fit in int
-  if (ceil_div(p.K, 64 / elem_size(p.dtype)) * num_taps(p.R) >= (int64_t(1) << 31)) return false;
+  if (ceil_div(p.K, 64 / element_size(p.dtype)) * num_taps(p.R) >= (int64_t(1) << 31)) return false;
   if (ceil_div(M, kIgemmBM) >= (int64_t(1) << 31)) return false;
-  if (ceil_div(p.C, pick_block_n(p.C, elem_size(p.dtype))) > 65535) return false;
+  if (ceil_div(p.C, pick_block_n(p.C, element_size(p.dtype))) > 65535) return false;
   return true;
 }
 

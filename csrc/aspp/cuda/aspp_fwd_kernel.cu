@@ -67,15 +67,15 @@ struct FwdLayout {
 
 FwdLayout fwd_layout(const AsppFwdParams& p) {
   FwdLayout L;
-  const int es = elem_size(p.dtype);
+  const int es = element_size(p.dtype);
   L.CC = 64 / es;
   L.BK = pick_block_n(p.K, es);
   L.Cin_pad = static_cast<int>(ceil_div(p.C, L.CC) * L.CC);
   L.Cout_pad = static_cast<int>(ceil_div(p.K, L.BK) * L.BK);
   L.ntaps = num_taps(p.R);
-  L.wp_bytes = align_up(static_cast<size_t>(L.ntaps) * L.Cin_pad * L.Cout_pad * es, 256);
+  L.wp_bytes = align_up(static_cast<size_t>(L.ntaps) * L.Cin_pad * L.Cout_pad * es);
   L.bias_offset = L.wp_bytes;
-  L.total = L.wp_bytes + align_up(static_cast<size_t>(L.Cout_pad) * acc_size(p.dtype), 256);
+  L.total = L.wp_bytes + align_up(static_cast<size_t>(L.Cout_pad) * acc_size(p.dtype));
   return L;
 }
 
@@ -90,9 +90,9 @@ bool fwd_params_ok(const AsppFwdParams& p) {
   if (static_cast<int64_t>(p.H) * p.W >= (int64_t(1) << 31)) return false;
   const int64_t M = p.N * p.H * p.W;
   // pipeline stage count (channel chunks x taps) must fit in int
-  if (ceil_div(p.C, 64 / elem_size(p.dtype)) * num_taps(p.R) >= (int64_t(1) << 31)) return false;
+  if (ceil_div(p.C, 64 / element_size(p.dtype)) * num_taps(p.R) >= (int64_t(1) << 31)) return false;
   if (ceil_div(M, kIgemmBM) >= (int64_t(1) << 31)) return false;
-  if (ceil_div(p.K, pick_block_n(p.K, elem_size(p.dtype))) > 65535) return false;
+  if (ceil_div(p.K, pick_block_n(p.K, element_size(p.dtype))) > 65535) return false;
   return true;
 }
 

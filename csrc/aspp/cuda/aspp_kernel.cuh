@@ -24,17 +24,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../../common/dtype.h"
 #include "../aspp_limits.h"  // kAsppMaxRates
 
 namespace deeplabv2_ext {
 namespace aspp {
-
-enum class AsppDType : int {
-  kFloat32 = 0,
-  kFloat16 = 1,
-  kBFloat16 = 2,
-  kFloat64 = 3,
-};
 
 // H and W must be below this (keeps every shifted coordinate inside int32).
 constexpr int64_t kAsppMaxSpatial = int64_t(1) << 28;
@@ -52,7 +46,7 @@ struct AsppFwdParams {
   int64_t N = 0;
   int C = 0, H = 0, W = 0, K = 0, R = 0;
   int rates[kAsppMaxRates] = {};
-  AsppDType dtype = AsppDType::kFloat32;
+  DType dtype = DType::kFloat32;
   bool allow_tf32 = false;  // float32 only: use TF32 tensor cores
 };
 
@@ -68,7 +62,7 @@ struct AsppDgradParams {
   int64_t N = 0;
   int C = 0, H = 0, W = 0, K = 0, R = 0;
   int rates[kAsppMaxRates] = {};
-  AsppDType dtype = AsppDType::kFloat32;
+  DType dtype = DType::kFloat32;
   bool allow_tf32 = false;
 };
 
@@ -86,7 +80,7 @@ struct AsppWgradParams {
   int64_t N = 0;
   int C = 0, H = 0, W = 0, K = 0, R = 0;
   int rates[kAsppMaxRates] = {};
-  AsppDType dtype = AsppDType::kFloat32;
+  DType dtype = DType::kFloat32;
   bool allow_tf32 = false;
 };
 

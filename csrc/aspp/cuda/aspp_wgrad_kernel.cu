@@ -368,13 +368,13 @@ struct WgradLayout {
 
 WgradLayout wgrad_layout(const AsppWgradParams& p) {
   WgradLayout L;
-  const int es = elem_size(p.dtype);
+  const int es = element_size(p.dtype);
   const int as = acc_size(p.dtype);
   L.BKK = pick_block_n(p.K, es);
   L.ntaps = num_taps(p.R);
-  L.ws_w_bytes = align_up(static_cast<size_t>(L.ntaps) * p.K * p.C * as, 256);
+  L.ws_w_bytes = align_up(static_cast<size_t>(L.ntaps) * p.K * p.C * as);
   L.bias_offset = L.ws_w_bytes;
-  L.total = L.ws_w_bytes + align_up(static_cast<size_t>(p.K) * as, 256);
+  L.total = L.ws_w_bytes + align_up(static_cast<size_t>(p.K) * as);
   return L;
 }
 
@@ -388,7 +388,7 @@ bool wgrad_params_ok(const AsppWgradParams& p) {
   if (static_cast<int64_t>(p.H) * p.W >= (int64_t(1) << 31)) return false;
   for (int r = 0; r < p.R; ++r)
     if (p.rates[r] < 1) return false;
-  if (ceil_div(p.K, pick_block_n(p.K, elem_size(p.dtype))) > 65535) return false;
+  if (ceil_div(p.K, pick_block_n(p.K, element_size(p.dtype))) > 65535) return false;
   if (p.grad_bias != nullptr && ceil_div(p.K, 32) > 65535) return false;  // bias gridDim.y
   return true;
 }

@@ -156,7 +156,7 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
   p.values = in.data_ptr();
   p.output = out.data_ptr();
   p.reverse = reverse;
-  p.dtype = in.scalar_type() == at::kDouble ? FilterDType::kFloat64 : FilterDType::kFloat32;
+  p.dtype = in.scalar_type() == at::kDouble ? DType::kFloat64 : DType::kFloat32;
   at::Tensor workspace = make_workspace(filter_workspace_bytes(p), in);
   p.workspace = workspace.data_ptr();
 

@@ -51,9 +51,7 @@ __host__ __device__ inline int64_t splat_blocks(int64_t entries) {
   return (entries + kSplatBlock - 1) / kSplatBlock;
 }
 
-using launch::align_up;
 using launch::blocks_for;
-using launch::kAlign;
 
 // (row, col) of flat element `idx` of a [rows, V] array; 32-bit division when the array fits.
 __device__ __forceinline__ void split_index(int64_t idx, int64_t V, bool small, int64_t& row,
@@ -304,17 +302,13 @@ cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
   return cudaPeekAtLastError();
 }
 
-size_t elem_size(FilterDType t) {
-  return t == FilterDType::kFloat64 ? sizeof(double) : sizeof(float);
-}
-
 }  // namespace
 
 size_t filter_workspace_bytes(const FilterParams& p) {
   if (p.M <= 0 || p.V <= 0) return 0;
   const int64_t blocks = splat_blocks(p.N * p.P * (p.D + 1));
-  return 2 * align_up(elem_size(p.dtype) * static_cast<size_t>(p.M * p.V)) +
-         2 * align_up(elem_size(p.dtype) * static_cast<size_t>(blocks * p.V));
+  return 2 * align_up(element_size(p.dtype) * static_cast<size_t>(p.M * p.V)) +
+         2 * align_up(element_size(p.dtype) * static_cast<size_t>(blocks * p.V));
 }
 
 cudaError_t launch_filter(const FilterParams& p, cudaStream_t stream) {
@@ -326,8 +320,9 @@ cudaError_t launch_filter(const FilterParams& p, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   }
   switch (p.dtype) {
-    case FilterDType::kFloat32: return run_filter<float>(p, stream);
-    case FilterDType::kFloat64: return run_filter<double>(p, stream);
+    case DType::kFloat32: return run_filter<float>(p, stream);
+    case DType::kFloat64: return run_filter<double>(p, stream);
+    default: return cudaErrorInvalidValue;
   }
   return cudaErrorInvalidValue;
 }

@@ -44,6 +44,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../../common/dtype.h"
 #include "../permutohedral_math.h"
 
 namespace deeplabv2_ext {
@@ -85,11 +86,6 @@ size_t lattice_finish_workspace_bytes(const LatticeParams& p);  // needs p.M
 cudaError_t launch_lattice_build(LatticeParams& p, cudaStream_t stream);
 cudaError_t launch_lattice_finish(const LatticeParams& p, cudaStream_t stream);
 
-enum class FilterDType : int {
-  kFloat32 = 0,
-  kFloat64 = 1,
-};
-
 struct FilterParams {
   const void* values = nullptr;           // [N, P, V] float32 / float64
   void* output = nullptr;                 // [N, P, V], same dtype
@@ -108,7 +104,7 @@ struct FilterParams {
   int64_t N = 0, V = 0, P = 0, M = 0;
   int D = 0;
   bool reverse = false;
-  FilterDType dtype = FilterDType::kFloat32;
+  DType dtype = DType::kFloat32;  // kFloat32 or kFloat64
 };
 
 // Entries of the splat plan per thread in the splat's first pass (see

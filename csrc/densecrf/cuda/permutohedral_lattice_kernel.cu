@@ -69,15 +69,13 @@ constexpr int kScanItems = 16;
 constexpr int64_t kScanTile = int64_t(kThreads) * kScanItems;
 constexpr int kScanBlockThreads = 1024;
 
-using launch::align_up;
 using launch::blocks_for;
-using launch::kAlign;
 
 struct Scales {
   float v[kMaxLatticeDim];
 };
 
-// Workspace regions (all kAlign aligned).
+// Workspace regions (all kWorkspaceAlignment aligned).
 struct LatticeWorkspace {
   uint32_t* state = nullptr;       // [capacity]
   int32_t* ids = nullptr;          // [capacity]: vertex id of an occupied slot, else -1

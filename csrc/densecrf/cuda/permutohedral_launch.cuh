@@ -4,15 +4,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../../common/workspace.h"
+
 namespace deeplabv2_ext {
 namespace densecrf {
 namespace launch {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride loops beyond this
-constexpr size_t kAlign = 256;                     // workspace regions start kAlign-aligned
-
-inline size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 // Blocks of kThreads covering `work` items, at least 1 and at most kMaxBlocks.
 inline int blocks_for(int64_t work) {

@@ -50,7 +50,7 @@ void fill_common(Params& p, int64_t N, int C, int H, int W, int K, int R, const 
   p.K = K;
   p.R = R;
   for (int r = 0; r < R && r < aspp::kAsppMaxRates; ++r) p.rates[r] = rates[r];
-  p.dtype = static_cast<aspp::AsppDType>(dtype);
+  p.dtype = static_cast<DType>(dtype);
   p.allow_tf32 = allow_tf32 != 0;
 }
 }  // namespace
@@ -161,7 +161,7 @@ __attribute__((visibility("default"))) int coc_filter(const void* values, void* 
   densecrf::FilterParams p;
   p.values = values;
   p.output = output;
-  p.dtype = static_cast<densecrf::FilterDType>(dtype);
+  p.dtype = static_cast<DType>(dtype);
   p.N = N;
   p.P = P;
   p.V = V;
