@@ -60,80 +60,45 @@ __global__ void aspp_sum_bias_kernel(const T* __restrict__ b, int64_t s0, int64_
   out[k] = v;
 }
 
+// Workspace: the packed weight [ntaps][C_pad][K_pad], then the branch-summed bias [K_pad] (Acc).
 struct FwdLayout {
-  int CC, BK, Cin_pad, Cout_pad, ntaps;
-  size_t wp_bytes, bias_offset, total;
+  IgemmLayout igemm;
+  size_t bias_offset, total;
 };
 
 FwdLayout fwd_layout(const AsppFwdParams& p) {
   FwdLayout L;
-  const int es = element_size(p.dtype);
-  L.CC = 64 / es;
-  L.BK = pick_block_n(p.K, es);
-  L.Cin_pad = static_cast<int>(ceil_div(p.C, L.CC) * L.CC);
-  L.Cout_pad = static_cast<int>(ceil_div(p.K, L.BK) * L.BK);
-  L.ntaps = num_taps(p.R);
-  L.wp_bytes = align_up(static_cast<size_t>(L.ntaps) * L.Cin_pad * L.Cout_pad * es);
-  L.bias_offset = L.wp_bytes;
-  L.total = L.wp_bytes + align_up(static_cast<size_t>(L.Cout_pad) * acc_size(p.dtype));
+  L.igemm = igemm_layout(p.dtype, p.R, /*in_channels=*/p.C, /*out_channels=*/p.K);
+  L.bias_offset = L.igemm.packed_weight_bytes;
+  L.total = L.bias_offset + align_up(static_cast<size_t>(L.igemm.out_channels_pad) * acc_size(p.dtype));
   return L;
 }
 
 bool fwd_params_ok(const AsppFwdParams& p) {
   if (p.input == nullptr || p.weight == nullptr || p.output == nullptr) return false;
-  if (p.N < 1 || p.C < 1 || p.H < 1 || p.W < 1 || p.K < 1) return false;
-  if (p.N > INT32_MAX) return false;  // pixel_coords() keeps n in an int
-  if (p.R < 1 || p.R > kAsppMaxRates) return false;
-  if (p.H >= kAsppMaxSpatial || p.W >= kAsppMaxSpatial) return false;
-  for (int r = 0; r < p.R; ++r)
-    if (p.rates[r] < 1) return false;
-  if (static_cast<int64_t>(p.H) * p.W >= (int64_t(1) << 31)) return false;
-  const int64_t M = p.N * p.H * p.W;
-  // pipeline stage count (channel chunks x taps) must fit in int
-  if (ceil_div(p.C, 64 / element_size(p.dtype)) * num_taps(p.R) >= (int64_t(1) << 31)) return false;
-  if (ceil_div(M, kIgemmBM) >= (int64_t(1) << 31)) return false;
-  if (ceil_div(p.K, pick_block_n(p.K, element_size(p.dtype))) > 65535) return false;
-  return true;
+  return igemm_problem_ok(p, /*in_channels=*/p.C, /*out_channels=*/p.K);
 }
 
 template <class Pol>
-cudaError_t run_forward(const AsppFwdParams& p, const FwdLayout& L, cudaStream_t stream) {
+cudaError_t run_forward(const AsppFwdParams& p, cudaStream_t stream) {
   using T = typename Pol::T;
   using Acc = typename Pol::Acc;
-  T* wp = static_cast<T*>(p.workspace);
+  const FwdLayout L = fwd_layout(p);
+  T* packed_weight = static_cast<T*>(p.workspace);
   Acc* bias = nullptr;
 
   launch_pack_tap_weight<T, Acc, true>(p.weight, make_strides5(p.w_stride), p.R, p.K, p.C,
-                                     L.Cin_pad, L.Cout_pad, L.ntaps, wp, stream);
+                                       L.igemm.in_channels_pad, L.igemm.out_channels_pad,
+                                       L.igemm.ntaps, packed_weight, stream);
   if (p.bias != nullptr) {
     bias = reinterpret_cast<Acc*>(static_cast<unsigned char*>(p.workspace) + L.bias_offset);
     launch_kernel<aspp_sum_bias_kernel<T, Acc>>(
-        static_cast<unsigned>(ceil_div(L.Cout_pad, 256)), 256, 0, stream,
-        static_cast<const T*>(p.bias), p.b_stride[0], p.b_stride[1], p.R, p.K, L.Cout_pad, bias);
+        static_cast<unsigned>(ceil_div(L.igemm.out_channels_pad, 256)), 256, 0, stream,
+        static_cast<const T*>(p.bias), p.b_stride[0], p.b_stride[1], p.R, p.K,
+        L.igemm.out_channels_pad, bias);
   }
-
-  IgemmArgs<T, Acc> a;
-  a.in = static_cast<const T*>(p.input);
-  a.in_s = make_strides4(p.in_stride);
-  a.wp = wp;
-  a.bias = bias;
-  a.out = static_cast<T*>(p.output);
-  a.out_s = make_strides4(p.out_stride);
-  a.HW = static_cast<int64_t>(p.H) * p.W;
-  a.M = p.N * a.HW;
-  a.H = p.H;
-  a.W = p.W;
-  a.Cin = p.C;
-  a.Cout = p.K;
-  a.Cin_pad = L.Cin_pad;
-  a.Cout_pad = L.Cout_pad;
-  a.ntaps = L.ntaps;
-  a.R = p.R;
-  a.sign = 1;
-  a.out_chan_fast = channel_fast(a.out_s, p.K);
-  for (int r = 0; r < kAsppMaxRates; ++r) a.rates[r] = r < p.R ? clamp_rate(p.rates[r], p.H, p.W) : 0;
-  const int mode = pick_load_mode(p.input, static_cast<int>(sizeof(T)), a.in_s, p.C);
-  launch_igemm<Pol>(a, L.BK, mode, stream);
+  launch_igemm<Pol>(p, IgemmInput{p.input, p.in_stride, p.C}, IgemmOutput{p.output, p.out_stride, p.K},
+                    packed_weight, bias, L.igemm, /*sign=*/1, stream);
   return cudaPeekAtLastError();
 }
 
@@ -144,11 +109,11 @@ size_t aspp_fwd_workspace_bytes(const AsppFwdParams& p) { return detail::fwd_lay
 
 cudaError_t launch_aspp_forward(const AsppFwdParams& p, cudaStream_t stream) {
   using namespace detail;
-  if (!fwd_params_ok(p) || p.workspace == nullptr) return cudaErrorInvalidValue;
-  const FwdLayout L = fwd_layout(p);
-  return dispatch_policy(p.dtype, p.allow_tf32, [&](auto policy) {
-    return run_forward<typename decltype(policy)::type>(p, L, stream);
-  });
+  if (!fwd_params_ok(p)) return cudaErrorInvalidValue;
+  bool use_tf32 = false;
+  const cudaError_t supported = device_policy(p.dtype, p.allow_tf32, use_tf32);
+  if (supported != cudaSuccess) return supported;
+  return ASPP_POLICY_SWITCH(p.dtype, use_tf32, Pol, [&] { return run_forward<Pol>(p, stream); });
 }
 
 }  // namespace aspp
