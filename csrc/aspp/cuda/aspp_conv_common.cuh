@@ -1,10 +1,15 @@
-// Device-side building blocks shared by the ASPP CUDA kernels (torch-free; nvcc only).
+// Device-side building blocks shared by the ASPP CUDA kernels (torch-free; nvcc, and g++ for the
+// CUDA-on-CPU checks).
 //
-//   * dtype policies (tensor-core WMMA fp16 / bf16 / tf32, exact SIMT fp32 / fp64),
+//   * dtype policies (tensor-core WMMA fp16 / bf16 / tf32, exact SIMT fp32 / fp64) and
+//     ASPP_POLICY_SWITCH, the launchers' dispatch on them (common/static_switch.h idiom),
 //   * the tap numbering used by the packed weights,
 //   * global -> register -> shared tile loaders for strided NCHW / channels_last tensors,
+//   * the launchers' device limits (problem_ok) and the clamped rates (set_geometry),
+//   * double_buffered_mainloop, the pipeline of both implicit GEMMs (forward / dgrad and wgrad),
 //   * the fused implicit-GEMM "sum of R dilated 3x3 convolutions" kernel, used by the forward
-//     (input -> output) and by dgrad (grad_output -> grad_input, taps mirrored).
+//     (input -> output) and by dgrad (grad_output -> grad_input, taps mirrored): mainloop in
+//     aspp_igemm_kernel, per-policy MMA step and epilogue in IgemmMma.
 //
 // Tap numbering (shared by all kernels and the weight packing):
 //   t = 0             centre tap (ky, kx) = (1, 1). Its input window is the same for every
@@ -252,6 +257,25 @@ ASPP_D void maybe_to_tf32(Frag& f) {
   }
 }
 
+#if ASPP_WMMA_AVAILABLE
+// A fragment loaded from shared memory, rounded to tf32 for the tf32 policy.
+template <bool kTf32, typename Frag, typename T>
+ASPP_D void load_fragment(Frag& f, const T* src, int ld) {
+  nvcuda::wmma::load_matrix_sync(f, src, ld);
+  maybe_to_tf32<kTf32>(f);
+}
+
+// A warp's N accumulator fragments -> fp32 shared memory (row major, leading dimension ld),
+// fragment f at dst + f * frag_stride; then a barrier, so that every warp's tile is visible.
+template <int N, typename AccFrag>
+ASPP_D void store_accumulators(float* dst, int frag_stride, int ld, const AccFrag (&acc)[N]) {
+#pragma unroll
+  for (int f = 0; f < N; ++f)
+    nvcuda::wmma::store_matrix_sync(dst + f * frag_stride, acc[f], ld, nvcuda::wmma::mem_row_major);
+  __syncthreads();
+}
+#endif  // ASPP_WMMA_AVAILABLE
+
 // ------------------------------------------------------------------------------------------------
 // Activation tile loader: tile[ROWS pixels][COLS channels] <- tensor[n, c0 + col, y + dy, x + dx]
 // for the pixels (n, y, x) listed in shared-memory tables; zero outside the map or for c >= C.
@@ -270,6 +294,17 @@ inline int pick_load_mode(const void* ptr, int elem_size, const Strides4& s, int
   return channel_fast(s, C) ? kLoadChanFast : kLoadPixelFast;
 }
 
+// (y, x) lies inside the H x W map (shifted coordinates may be negative or past the edge).
+ASPP_D bool in_map(int y, int x, int H, int W) {
+  return static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
+         static_cast<unsigned>(x) < static_cast<unsigned>(W);
+}
+
+// Element offset of pixel (n, y, x), channel 0.
+ASPP_D int64_t pixel_offset(const Strides4& s, int n, int y, int x) {
+  return static_cast<int64_t>(n) * s.n + static_cast<int64_t>(y) * s.h + static_cast<int64_t>(x) * s.w;
+}
+
 template <typename T, int ROWS, int COLS, int NT, int MODE>
 struct TileLoader;
 
@@ -286,11 +321,9 @@ struct TileLoader<T, ROWS, COLS, NT, kLoadPixelFast> {
     const int row = tid % ROWS;
     const int y = s_y[row] + dy;
     const int x = s_x[row] + dx;
-    const bool inb = static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
-                     static_cast<unsigned>(x) < static_cast<unsigned>(W);
+    const bool inb = in_map(y, x, H, W);
     const T* p = base;
-    if (inb) p += static_cast<int64_t>(s_n[row]) * s.n + static_cast<int64_t>(y) * s.h +
-                  static_cast<int64_t>(x) * s.w;
+    if (inb) p += pixel_offset(s, s_n[row], y, x);
     const int cb = c0 + tid / ROWS;
 #pragma unroll
     for (int i = 0; i < NE; ++i) {
@@ -329,11 +362,7 @@ struct TileLoader<T, ROWS, COLS, NT, kLoadChanFast> {
       const int y = s_y[row] + dy;
       const int x = s_x[row] + dx;
       T v = Cvt<T>::from(0.0f);
-      if (cok && static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
-          static_cast<unsigned>(x) < static_cast<unsigned>(W)) {
-        v = p[static_cast<int64_t>(s_n[row]) * s.n + static_cast<int64_t>(y) * s.h +
-              static_cast<int64_t>(x) * s.w];
-      }
+      if (cok && in_map(y, x, H, W)) v = p[pixel_offset(s, s_n[row], y, x)];
       r[i] = v;
     }
   }
@@ -367,8 +396,7 @@ struct TileLoader<T, ROWS, COLS, NT, kLoadVec> {
         const int y = s_y[row] + dy;
         const int x = s_x[row] + dx;
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (c < C && static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
-            static_cast<unsigned>(x) < static_cast<unsigned>(W)) {
+        if (c < C && in_map(y, x, H, W)) {
           v = __ldg(reinterpret_cast<const uint4*>(
               base + (static_cast<int64_t>(s_n[row]) * s.n + static_cast<int64_t>(c) +
                       static_cast<int64_t>(y) * s.h + static_cast<int64_t>(x) * s.w)));
@@ -628,19 +656,16 @@ struct IgemmMma<Pol, BlockOutCh, true> {
   }
 
   ASPP_D void step(const T* As, const T* Bs) {
-    namespace wmma = nvcuda::wmma;
     As += warp * 16 * Smem::LDA;
 #pragma unroll
     for (int kk = 0; kk < Smem::CC / Pol::KS; ++kk) {
       typename F::ARow fa;
-      wmma::load_matrix_sync(fa, As + kk * Pol::KS, Smem::LDA);
-      maybe_to_tf32<Pol::kTf32>(fa);
+      load_fragment<Pol::kTf32>(fa, As + kk * Pol::KS, Smem::LDA);
 #pragma unroll
       for (int f = 0; f < kFragsPerWarp; ++f) {
         typename F::BRow fb;
-        wmma::load_matrix_sync(fb, Bs + kk * Pol::KS * Smem::LDB + f * 16, Smem::LDB);
-        maybe_to_tf32<Pol::kTf32>(fb);
-        wmma::mma_sync(acc[f], fa, fb, acc[f]);
+        load_fragment<Pol::kTf32>(fb, Bs + kk * Pol::KS * Smem::LDB + f * 16, Smem::LDB);
+        nvcuda::wmma::mma_sync(acc[f], fa, fb, acc[f]);
       }
     }
   }
@@ -649,13 +674,9 @@ struct IgemmMma<Pol, BlockOutCh, true> {
   // + bias, convert, masked strided store with a coalescing-aware thread mapping.
   ASPP_D void epilogue(const IgemmArgs<T, Acc>& a, const IgemmTile& tile, unsigned char* smem,
                        int tid) const {
-    namespace wmma = nvcuda::wmma;
     constexpr int LDC = Smem::LDC;
-    float* Cs = reinterpret_cast<float*>(smem);
-#pragma unroll
-    for (int f = 0; f < kFragsPerWarp; ++f)
-      wmma::store_matrix_sync(Cs + warp * 16 * LDC + f * 16, acc[f], LDC, wmma::mem_row_major);
-    __syncthreads();
+    const float* Cs = reinterpret_cast<float*>(smem);
+    store_accumulators(reinterpret_cast<float*>(smem) + warp * 16 * LDC, 16, LDC, acc);
     for (int e = tid; e < kIgemmBM * BlockOutCh; e += kIgemmThreads) {
       int row, col;
       if (a.out_chan_fast) {
@@ -898,32 +919,36 @@ inline cudaError_t device_policy(DType dtype, bool allow_tf32, bool& use_tf32) {
   return cudaErrorInvalidValue;
 }
 
-// DLV2_*_SWITCH (common/static_switch.h) over the math policy: POLICY names the policy type of
-// DTYPE (a DType device_policy() accepted) in the body.
-#define ASPP_POLICY_SWITCH(DTYPE, USE_TF32, POLICY, ...)          \
-  [&] {                                                          \
-    switch (DTYPE) {                                             \
-      case DType::kFloat16: {                                    \
-        using POLICY = PolWmmaF16;                               \
-        return __VA_ARGS__();                                    \
-      }                                                          \
-      case DType::kBFloat16: {                                   \
-        using POLICY = PolWmmaBF16;                              \
-        return __VA_ARGS__();                                    \
-      }                                                          \
-      case DType::kFloat64: {                                    \
-        using POLICY = PolSimt<double, double>;                  \
-        return __VA_ARGS__();                                    \
-      }                                                          \
-      default:                                                   \
-        break;                                                   \
-    }                                                            \
-    if (USE_TF32) {                                              \
-      using POLICY = PolWmmaTF32;                                \
-      return __VA_ARGS__();                                      \
-    }                                                            \
-    using POLICY = PolSimt<float, float>;                        \
-    return __VA_ARGS__();                                        \
+// DLV2_*_SWITCH (common/static_switch.h) over the math policy of DTYPE: POLICY names the policy
+// type in the body, which returns a cudaError_t; the switch returns device_policy()'s error where
+// the current device cannot run DTYPE.
+#define ASPP_POLICY_SWITCH(DTYPE, ALLOW_TF32, POLICY, ...)                               \
+  [&]() -> cudaError_t {                                                                \
+    bool use_tf32_ = false;                                                             \
+    const cudaError_t supported_ = device_policy((DTYPE), (ALLOW_TF32), use_tf32_);     \
+    if (supported_ != cudaSuccess) return supported_;                                   \
+    switch (DTYPE) {                                                                    \
+      case DType::kFloat16: {                                                           \
+        using POLICY = PolWmmaF16;                                                      \
+        return __VA_ARGS__();                                                           \
+      }                                                                                 \
+      case DType::kBFloat16: {                                                          \
+        using POLICY = PolWmmaBF16;                                                     \
+        return __VA_ARGS__();                                                           \
+      }                                                                                 \
+      case DType::kFloat64: {                                                           \
+        using POLICY = PolSimt<double, double>;                                         \
+        return __VA_ARGS__();                                                           \
+      }                                                                                 \
+      default:                                                                          \
+        break;                                                                          \
+    }                                                                                   \
+    if (use_tf32_) {                                                                    \
+      using POLICY = PolWmmaTF32;                                                       \
+      return __VA_ARGS__();                                                             \
+    }                                                                                   \
+    using POLICY = PolSimt<float, float>;                                               \
+    return __VA_ARGS__();                                                               \
   }()
 
 }  // namespace detail

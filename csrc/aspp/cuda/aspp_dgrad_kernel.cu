@@ -1,18 +1,16 @@
 // Fused ASPP data gradient:
 //   grad_input[n, c, y, x] = sum_r sum_{ky,kx} sum_k grad_output[n, k, y - (ky-1) d_r, x - (kx-1) d_r]
 //                                                   * weight[r, k, c, ky, kx]
-// i.e. the forward's fused implicit GEMM with the taps mirrored (sign = -1) and the weight's
-// in/out channels swapped: M = N*H*W pixels, N_gemm = C, K_gemm = (1 + 8R) * K. One launch covers
-// all R branches; the centre tap is again shared (branch-summed weight, grad_output window read
-// once per chunk). It reuses aspp_igemm_kernel from aspp_conv_common.cuh, so tiles, smem staging,
-// tensor-core paths (fp16/bf16 WMMA, tf32 when allowed, exact SIMT fp32/fp64) and the
-// FLOP/byte reasoning are as documented in aspp_fwd_kernel.cu. Here the reduction is short
-// (K = 21 -> one chunk of 32 channels per tap) and the GEMM N is wide (C = 2048 -> grid.y = 32
-// blocks of 64 channels); the grad_output windows those blocks re-read are L2 resident
-// (N*K*H*W is ~10x smaller than the input).
+// i.e. the forward's fused implicit GEMM on the transposed problem: grad_output (K channels) is its
+// input, grad_input (C channels) its output, the taps mirrored (sign = -1): M = N*H*W pixels,
+// N_gemm = C, K_gemm = (1 + 8R) * K. One launch covers all R branches; the centre tap is again
+// shared (branch-summed weight, grad_output window read once per chunk). Tiles, smem staging and
+// tensor-core paths are those of aspp_igemm_kernel (aspp_conv_common.cuh, documented in
+// aspp_fwd_kernel.cu). Here the reduction is short (K = 21 -> one chunk of 32 channels per tap)
+// and the GEMM N is wide (C = 2048 -> grid.y = 32 blocks of 64 channels).
 //
-// Packed weight: Wd[t][k][c] (t < 1 + 8R, k < Kin_pad = roundup(K, CC), c < Cout_pad =
-// roundup(C, BK)), zero padded; Wd[0] = sum_r weight[r, :, :, 1, 1] (fp32 / fp64 sum).
+// Packed weight: Wd[t][k][c] (t < 1 + 8R, k < roundup(K, chunk), c < roundup(C, BlockOutCh)), zero
+// padded; Wd[0] = sum_r weight[r, :, :, 1, 1] (fp32 / fp64 sum).
 // NOTE: written and compile-checked without a GPU; validate against the CPU reference.
 #include "aspp_conv_common.cuh"
 
@@ -57,10 +55,7 @@ size_t aspp_dgrad_workspace_bytes(const AsppDgradParams& p) {
 cudaError_t launch_aspp_dgrad(const AsppDgradParams& p, cudaStream_t stream) {
   using namespace detail;
   if (!dgrad_params_ok(p)) return cudaErrorInvalidValue;
-  bool use_tf32 = false;
-  const cudaError_t supported = device_policy(p.dtype, p.allow_tf32, use_tf32);
-  if (supported != cudaSuccess) return supported;
-  return ASPP_POLICY_SWITCH(p.dtype, use_tf32, Pol, [&] { return run_dgrad<Pol>(p, stream); });
+  return ASPP_POLICY_SWITCH(p.dtype, p.allow_tf32, Pol, [&] { return run_dgrad<Pol>(p, stream); });
 }
 
 }  // namespace aspp

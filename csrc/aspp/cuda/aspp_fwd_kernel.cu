@@ -1,5 +1,5 @@
 // Fused ASPP forward: output = sum_r conv3x3(input, weight[r], dilation = padding = rates[r]) + sum_r bias[r]
-// in ONE implicit-GEMM kernel launch (plus a tiny weight-packing kernel).
+// in ONE implicit-GEMM kernel launch (plus a weight-packing and a bias-summing kernel).
 //
 // GEMM view:  M = N*H*W output pixels,  N_gemm = K output channels,  K_gemm = (1 + 8R) * C.
 //   The centre tap (ky, kx) = (1, 1) reads the same input window for every branch, so it is one
@@ -8,38 +8,28 @@
 //   saved. The 8R off-centre taps each read their own shifted window. No per-branch outputs, no
 //   im2col buffer: the only extra memory is the packed weight (weight sized) in the workspace.
 //
-// CTA tile: 128 output pixels (linear over N*H*W, so odd H, W waste nothing) x BK output
-//   channels, BK = 16 / 32 / 64 picked from K (21 -> 32: 2 WMMA n-fragments, masked store;
-//   256 -> grid.y = 4 blocks of 64). 256 threads = 8 warps; warp w owns pixel rows 16w..16w+15
-//   and all BK columns (BK/16 fp32 accumulator fragments).
-// Pipeline stage = (channel chunk, tap), chunk-major: CC = 64 bytes of channels per pixel
-//   (32 fp16/bf16, 16 fp32, 8 fp64). Per stage the CTA stages in shared memory
-//     A: [128 px][CC] input window of that tap (zero-filled outside the map / past C),
-//     B: [CC][BK]     packed weight slice (zero padded, so never masked),
-//   double buffered: the global loads of stage s+1 are issued into registers before the MMAs of
-//   stage s and written to the other smem buffer afterwards (one __syncthreads per stage).
-//   Global reads use 16-byte vectors along channels when the input is channels_last-like and
-//   16-byte aligned (checked at runtime), otherwise scalar loads with a coalescing-aware thread
-//   mapping (pixel-fast for NCHW, channel-fast for channels_last), any strides.
-// Reuse across taps: the centre window is shared by all R branches (above); the 1 + 8R windows of a
-//   chunk are read back to back, so windows of small rates overlap in L1/L2. (Staging one halo tile
-//   per rate was rejected: for DeepLab rates 6..24 the halo of a 128-pixel tile is >90% unused.)
-// Compute: fp16 / bf16 -> WMMA m16n16k16, fp32 accumulate; fp32 with allow_tf32 -> WMMA m16n16k8
-//   tf32 (__float_to_tf32 on each fragment); fp32 otherwise and fp64 -> exact SIMT FMA, 4 x BK/8
-//   register micro-tile per thread (fp64 accumulates in fp64).
-// Epilogue: fragments -> fp32 smem (aliases the pipeline buffers) -> + summed bias, convert,
-//   masked store with the output's strides (NCHW or channels_last), coalescing-aware mapping.
+// The kernel (aspp_igemm_kernel in aspp_conv_common.cuh, shared with dgrad):
+//   CTA tile: 128 output pixels (linear over N*H*W, so odd H, W waste nothing) x BlockOutCh output
+//     channels, BlockOutCh = 16 / 32 / 64 picked from K (21 -> 32: 2 WMMA n-fragments, masked
+//     store; 256 -> grid.y = 4 blocks of 64). 256 threads = 8 warps.
+//   Mainloop: one stage = (channel chunk, tap), chunk-major; a chunk is 64 bytes of channels per
+//     pixel (32 fp16/bf16, 16 fp32, 8 fp64). Per stage the CTA stages in shared memory
+//       A: [128 px][chunk] input window of that tap (zero-filled outside the map / past C),
+//       B: [chunk][BlockOutCh] packed weight slice (zero padded, so never masked),
+//     double buffered through registers (double_buffered_mainloop). The 1 + 8R windows of a chunk
+//     are read back to back, so windows of small rates overlap in L1/L2. Global reads use 16-byte
+//     vectors along channels when the input is channels_last-like and 16-byte aligned (checked at
+//     runtime), otherwise scalar loads with a coalescing-aware thread mapping, any strides.
+//   MMA step (IgemmMma): fp16 / bf16 -> WMMA m16n16k16, fp32 accumulate, warp w owns pixel rows
+//     16w..16w+15; fp32 with allow_tf32 -> WMMA m16n16k8 tf32; fp32 otherwise and fp64 -> exact
+//     SIMT FMA, 4 x BlockOutCh/8 register micro-tile per thread (fp64 accumulates in fp64).
+//   Epilogue: + summed bias, convert, masked store with the output's strides (NCHW or
+//     channels_last); WMMA goes through fp32 smem that aliases the pipeline buffers.
+//   Smem: <= 37 KiB static per CTA (2 CTAs/SM guaranteed by __launch_bounds__).
+// Whether the kernel is bound by L2 -> SM traffic or by the tensor cores has not been measured;
+// the arithmetic behind both predictions is in benchmarks/NOTES.md (issue 19 section).
 //
-// Arithmetic intensity (DeepLab-v2 head, fp16: C = 2048, K = 21 -> BK 32, R = 4 -> 33 taps): per
-//   stage the CTA moves an 8 KiB A tile + 2 KiB B tile from L2 and issues 2*128*32*32 = 262 kFLOP
-//   (~26 FLOP/byte, 21/32 of it useful). That is far below the tensor-core ridge point, so the op
-//   is bound by L2 -> SM bandwidth, not by MMA; the design therefore minimises bytes moved (shared
-//   centre tap, vector loads, weights staged once per stage for all 128 pixels) rather than MMA
-//   count. One image's input (2048 x 65 x 65 x 2 B = 17 MB) fits in L2, so DRAM traffic stays
-//   close to one pass over the input. Smem: <= 37 KiB static per CTA (2 CTAs/SM guaranteed by
-//   __launch_bounds__, more fit).
-//
-// Limits: R <= kAsppMaxRates (64); H, W < 2^28; ceil(N*H*W / 128) < 2^31.
+// Limits: R <= kAsppMaxRates (64); H, W < 2^28; ceil(N*H*W / 128) < 2^31 (problem_ok).
 // NOTE: written and compile-checked without a GPU; validate against the CPU reference.
 #include "aspp_conv_common.cuh"
 
@@ -48,12 +38,12 @@ namespace aspp {
 namespace detail {
 namespace {
 
-// out[k] = sum_r bias[r, k] for k < K, 0 for K <= k < Cout_pad.
+// out[k] = sum_r bias[r, k] for k < K, 0 for K <= k < out_channels_pad.
 template <typename T, typename Acc>
 __global__ void aspp_sum_bias_kernel(const T* __restrict__ b, int64_t s0, int64_t s1, int R, int K,
-                                     int Cout_pad, Acc* __restrict__ out) {
+                                     int out_channels_pad, Acc* __restrict__ out) {
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
-  if (k >= Cout_pad) return;
+  if (k >= out_channels_pad) return;
   Acc v = Acc(0);
   if (k < K)
     for (int r = 0; r < R; ++r) v += to_acc(b[static_cast<int64_t>(r) * s0 + static_cast<int64_t>(k) * s1]);
@@ -110,10 +100,7 @@ size_t aspp_fwd_workspace_bytes(const AsppFwdParams& p) { return detail::fwd_lay
 cudaError_t launch_aspp_forward(const AsppFwdParams& p, cudaStream_t stream) {
   using namespace detail;
   if (!fwd_params_ok(p)) return cudaErrorInvalidValue;
-  bool use_tf32 = false;
-  const cudaError_t supported = device_policy(p.dtype, p.allow_tf32, use_tf32);
-  if (supported != cudaSuccess) return supported;
-  return ASPP_POLICY_SWITCH(p.dtype, use_tf32, Pol, [&] { return run_forward<Pol>(p, stream); });
+  return ASPP_POLICY_SWITCH(p.dtype, p.allow_tf32, Pol, [&] { return run_forward<Pol>(p, stream); });
 }
 
 }  // namespace aspp

@@ -5,28 +5,22 @@
 //   (pixels). Taps are numbered as in aspp_conv_common.cuh: the centre tap (t = 0) is the same
 //   for every branch, so it is computed ONCE and written to every grad_weight[r, :, :, 1, 1];
 //   ntaps = 1 + 8R GEMMs in total, all in one launch:
-//     grid = (ceil(C / 64), ceil(K / BKK), ntaps * splits)
-//   Each CTA (256 threads = 2 groups of 4 warps) owns one tap, a 64-channel block of C, a BKK-block of K
-//   (BKK = 16 / 32 / 64 from K; fp64 capped at 32) and a contiguous slice of the pixel range
-//   (split-K over N*H*W; splits chosen so that the grid fills the GPU ~8 CTAs per SM).
-//   Per 32-pixel chunk (16 for fp64) it stages in shared memory, double buffered through
-//   registers like the forward:
-//     G: [32 px][BKK]  grad_output (unshifted),   I: [32 px][64]  input window shifted by the tap,
-//   and accumulates out[k][c] += G^T I  (WMMA: G is matrix_a col_major, I matrix_b row_major).
-//   The two 4-warp groups each reduce half of the chunk's pixels (halves the registers each
-//   thread stages); warp w of a group owns columns 16w..16w+15 and BKK/16 accumulator fragments;
-//   the two partial tiles are summed in smem before the atomics. Pixel coordinates of the
-//   chunks come from a triple-buffered smem table (filled one chunk ahead by the first warp), so no
-//   64-bit divisions sit in the load path.
-//   At the end each CTA atomically adds its fp32 (fp64 for float64) tile into a workspace
-//   [ntaps][K][C]; a finalize kernel converts to the weight dtype and scatters into
-//   grad_weight[r, k, c, ky, kx] (centre -> all r). Taps whose window is entirely outside the map
-//   (rate >= H or W, small maps) exit immediately: their gradient is exactly zero.
-//   Tensor cores: fp16 / bf16 WMMA m16n16k16, tf32 m16n16k8 when allow_tf32; exact SIMT FMA for
-//   fp32 (no tf32) and fp64 (thread micro-tile BKK/8 x 4).
-//   FLOP/byte: per chunk the CTA moves 32 x (BKK + 64) elements and issues 2 * 32 * BKK * 64 FLOP
-//   (BKK = 32: ~21 FLOP per byte for fp16) -- L2-bandwidth bound like the forward, so the design
-//   keeps the loads coalesced / vectorised and the tiles resident, not the MMA count minimal.
+//     grid = (ceil(C / 64), ceil(K / BlockOutCh), ntaps * splits)
+//   Each CTA (256 threads = 2 groups of 4 warps) owns one tap, a 64-channel block of C, a
+//   BlockOutCh block of K (16 / 32 / 64 from K; fp64 capped at 32) and a contiguous slice of the
+//   pixel range (split-K over N*H*W; splits chosen so that the grid fills the GPU ~8 CTAs per SM).
+//   Mainloop (double_buffered_mainloop, like the forward): per chunk of 32 pixels (16 for fp64)
+//   it stages in shared memory
+//     G: [32 px][BlockOutCh] grad_output (unshifted),   I: [32 px][64] input window shifted by the tap.
+//   Pixel coordinates of the chunks come from a triple-buffered smem table (filled two chunks
+//   ahead by the first threads), so no 64-bit divisions sit in the load path.
+//   MMA step (WgradMma): out[k][c] += G^T I, each group over half of the chunk's pixels (halves the
+//   registers each thread stages); fp16 / bf16 WMMA m16n16k16, tf32 m16n16k8 when allow_tf32, exact
+//   SIMT FMA for fp32 (no tf32) and fp64 (thread micro-tile BlockOutCh/8 x 4).
+//   Epilogue: the two groups' partial tiles are summed and atomically added (fp32, fp64 for
+//   float64) into a workspace [ntaps][K][C]; a finalize kernel converts to the weight dtype and
+//   scatters into grad_weight[r, k, c, ky, kx] (centre -> all r). Taps whose window is entirely
+//   outside the map (rate >= H or W, small maps) exit immediately: their gradient is exactly zero.
 //
 // grad_bias[r, k] = sum_{n,y,x} grad_output[n, k, y, x] for every r: a separate reduction kernel
 //   (per image row, fp32 / fp64 partial sums in registers -> warp shuffles / smem -> one global
@@ -168,20 +162,17 @@ struct WgradMma<Pol, BlockOutCh, true> {
   }
 
   ASPP_D void step(const T* Gs, const T* Is) {
-    namespace wmma = nvcuda::wmma;
     Is += strip * 16;
 #pragma unroll
     for (int kq = 0; kq < KSTEPS / 2; ++kq) {
       const int kk = grp * (KSTEPS / 2) + kq;
       typename F::BRow fb;
-      wmma::load_matrix_sync(fb, Is + kk * Pol::KS * Smem::LDI, Smem::LDI);
-      maybe_to_tf32<Pol::kTf32>(fb);
+      load_fragment<Pol::kTf32>(fb, Is + kk * Pol::KS * Smem::LDI, Smem::LDI);
 #pragma unroll
       for (int f = 0; f < kFragsPerWarp; ++f) {
         typename F::ACol fa;  // (k, p) = G[p][k]
-        wmma::load_matrix_sync(fa, Gs + kk * Pol::KS * Smem::LDG + f * 16, Smem::LDG);
-        maybe_to_tf32<Pol::kTf32>(fa);
-        wmma::mma_sync(acc[f], fa, fb, acc[f]);
+        load_fragment<Pol::kTf32>(fa, Gs + kk * Pol::KS * Smem::LDG + f * 16, Smem::LDG);
+        nvcuda::wmma::mma_sync(acc[f], fa, fb, acc[f]);
       }
     }
   }
@@ -190,14 +181,10 @@ struct WgradMma<Pol, BlockOutCh, true> {
   // summed, then one atomic per element.
   ASPP_D void epilogue(const WgradArgs<T, Acc>& a, const WgradTile& tile, unsigned char* smem,
                        int tid) const {
-    namespace wmma = nvcuda::wmma;
     constexpr int LDC = Smem::LDC;
-    float* Cs = reinterpret_cast<float*>(smem);
-#pragma unroll
-    for (int f = 0; f < kFragsPerWarp; ++f)
-      wmma::store_matrix_sync(Cs + grp * BlockOutCh * LDC + f * 16 * LDC + strip * 16, acc[f], LDC,
-                              wmma::mem_row_major);
-    __syncthreads();
+    const float* Cs = reinterpret_cast<float*>(smem);
+    store_accumulators(reinterpret_cast<float*>(smem) + grp * BlockOutCh * LDC + strip * 16, 16 * LDC,
+                       LDC, acc);
     for (int e = tid; e < BlockOutCh * kWgradBlockInCh; e += kWgradThreads) {
       const int col = e % kWgradBlockInCh;
       const int row = e / kWgradBlockInCh;
@@ -224,15 +211,15 @@ __global__ void __launch_bounds__(kWgradThreads, 2)
     __trap();  // see aspp_igemm_kernel: never a silent no-op on a PTX-JIT build
   } else {
     const int tid = threadIdx.x;
-    const WgradTile tile{static_cast<int>(blockIdx.z % static_cast<unsigned>(a.ntaps)),
-                         static_cast<int>(blockIdx.y) * BlockOutCh,
-                         static_cast<int>(blockIdx.x) * kWgradBlockInCh};
+    const int c0 = blockIdx.x * kWgradBlockInCh;
+    const int k0 = blockIdx.y * BlockOutCh;
+    const int t = static_cast<int>(blockIdx.z % static_cast<unsigned>(a.ntaps));
     const int64_t split = blockIdx.z / static_cast<unsigned>(a.ntaps);
     const int64_t cbeg = split * a.chunks_per_split;
     int64_t cend = cbeg + a.chunks_per_split;
     if (cend > a.nchunks) cend = a.nchunks;
     int dy, dx;
-    tap_shift(tile.t, a.rates, 1, dy, dx);
+    tap_shift(t, a.rates, /*sign=*/1, dy, dx);
     // Block-uniform exits (before any barrier): empty slice, or a window fully outside the map.
     if (cbeg >= cend) return;
     if (dy >= a.H || -dy >= a.H || dx >= a.W || -dx >= a.W) return;
@@ -263,8 +250,8 @@ __global__ void __launch_bounds__(kWgradThreads, 2)
     TileLoader<T, BP, kWgradBlockInCh, kWgradThreads, InLoadMode> load_in;
     // Chunk of pixel table tb: grad_output unshifted, input shifted by the tap.
     auto load_chunk = [&](int tb) {
-      load_go.load(a.go, a.go_s, s_n[tb], s_y[tb], s_x[tb], 0, 0, tile.k0, a.K, a.H, a.W, tid);
-      load_in.load(a.in, a.in_s, s_n[tb], s_y[tb], s_x[tb], dy, dx, tile.c0, a.C, a.H, a.W, tid);
+      load_go.load(a.go, a.go_s, s_n[tb], s_y[tb], s_x[tb], 0, 0, k0, a.K, a.H, a.W, tid);
+      load_in.load(a.in, a.in_s, s_n[tb], s_y[tb], s_x[tb], dy, dx, c0, a.C, a.H, a.W, tid);
     };
     auto store_chunk = [&](int buf) {
       load_go.template store<Smem::LDG>(G0 + buf * Smem::G_ELEMS, tid);
@@ -290,7 +277,7 @@ __global__ void __launch_bounds__(kWgradThreads, 2)
           tb_next = tb_next == 2 ? 0 : tb_next + 1;
           tb_fill = tb_fill == 2 ? 0 : tb_fill + 1;
         });
-    mma.epilogue(a, tile, smem, tid);
+    mma.epilogue(a, WgradTile{t, k0, c0}, smem, tid);
   }
 }
 
@@ -501,10 +488,7 @@ cudaError_t launch_aspp_wgrad(const AsppWgradParams& p, cudaStream_t stream) {
   using namespace detail;
   if (p.grad_weight == nullptr && p.grad_bias == nullptr) return cudaSuccess;
   if (!wgrad_params_ok(p)) return cudaErrorInvalidValue;
-  bool use_tf32 = false;
-  const cudaError_t supported = device_policy(p.dtype, p.allow_tf32, use_tf32);
-  if (supported != cudaSuccess) return supported;
-  return ASPP_POLICY_SWITCH(p.dtype, use_tf32, Pol, [&] { return run_wgrad<Pol>(p, stream); });
+  return ASPP_POLICY_SWITCH(p.dtype, p.allow_tf32, Pol, [&] { return run_wgrad<Pol>(p, stream); });
 }
 
 }  // namespace aspp
