@@ -1,10 +1,15 @@
-// Device-side building blocks shared by the ASPP CUDA kernels (torch-free; nvcc only).
+// Device-side building blocks shared by the ASPP CUDA kernels (torch-free; nvcc, and g++ for the
+// CUDA-on-CPU checks).
 //
-//   * dtype policies (tensor-core WMMA fp16 / bf16 / tf32, exact SIMT fp32 / fp64),
+//   * dtype policies (tensor-core WMMA fp16 / bf16 / tf32, exact SIMT fp32 / fp64) and
+//     ASPP_POLICY_SWITCH, the launchers' dispatch on them (common/static_switch.h idiom),
 //   * the tap numbering used by the packed weights,
 //   * global -> register -> shared tile loaders for strided NCHW / channels_last tensors,
+//   * the launchers' device limits (problem_ok) and the clamped rates (set_geometry),
+//   * double_buffered_mainloop, the pipeline of both implicit GEMMs (forward / dgrad and wgrad),
 //   * the fused implicit-GEMM "sum of R dilated 3x3 convolutions" kernel, used by the forward
-//     (input -> output) and by dgrad (grad_output -> grad_input, taps mirrored).
+//     (input -> output) and by dgrad (grad_output -> grad_input, taps mirrored): mainloop in
+//     aspp_igemm_kernel, per-policy MMA step and epilogue in IgemmMma.
 //
 // Tap numbering (shared by all kernels and the weight packing):
 //   t = 0             centre tap (ky, kx) = (1, 1). Its input window is the same for every
@@ -27,6 +32,7 @@
 #include <type_traits>
 
 #include "../../common/device_portability.cuh"
+#include "../../common/static_switch.h"
 #include "../../common/workspace.h"
 #include "aspp_kernel.cuh"
 
@@ -87,14 +93,6 @@ ASPP_HD void pixel_coords(int64_t m, int64_t HW, int W, int& n, int& y, int& x) 
   y = rem / W;
   x = rem - y * W;
 }
-
-// A rate >= max(H, W) behaves exactly like max(H, W) (its off-centre taps are fully outside the
-// map); clamping keeps all shifted coordinates far from int32 overflow.
-inline int clamp_rate(int rate, int H, int W) {
-  const int m = H > W ? H : W;
-  return rate < m ? rate : m;
-}
-
 
 // Output-channel block of the implicit GEMMs (skinny N: 21 -> 32, 19 -> 32, 1 -> 16, 256 -> 4x64).
 // fp64 (gradcheck only) is capped at 32 to stay within the register budget.
@@ -259,6 +257,25 @@ ASPP_D void maybe_to_tf32(Frag& f) {
   }
 }
 
+#if ASPP_WMMA_AVAILABLE
+// A fragment loaded from shared memory, rounded to tf32 for the tf32 policy.
+template <bool kTf32, typename Frag, typename T>
+ASPP_D void load_fragment(Frag& f, const T* src, int ld) {
+  nvcuda::wmma::load_matrix_sync(f, src, ld);
+  maybe_to_tf32<kTf32>(f);
+}
+
+// A warp's N accumulator fragments -> fp32 shared memory (row major, leading dimension ld),
+// fragment f at dst + f * frag_stride; then a barrier, so that every warp's tile is visible.
+template <int N, typename AccFrag>
+ASPP_D void store_accumulators(float* dst, int frag_stride, int ld, const AccFrag (&acc)[N]) {
+#pragma unroll
+  for (int f = 0; f < N; ++f)
+    nvcuda::wmma::store_matrix_sync(dst + f * frag_stride, acc[f], ld, nvcuda::wmma::mem_row_major);
+  __syncthreads();
+}
+#endif  // ASPP_WMMA_AVAILABLE
+
 // ------------------------------------------------------------------------------------------------
 // Activation tile loader: tile[ROWS pixels][COLS channels] <- tensor[n, c0 + col, y + dy, x + dx]
 // for the pixels (n, y, x) listed in shared-memory tables; zero outside the map or for c >= C.
@@ -277,6 +294,17 @@ inline int pick_load_mode(const void* ptr, int elem_size, const Strides4& s, int
   return channel_fast(s, C) ? kLoadChanFast : kLoadPixelFast;
 }
 
+// (y, x) lies inside the H x W map (shifted coordinates may be negative or past the edge).
+ASPP_D bool in_map(int y, int x, int H, int W) {
+  return static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
+         static_cast<unsigned>(x) < static_cast<unsigned>(W);
+}
+
+// Element offset of pixel (n, y, x), channel 0.
+ASPP_D int64_t pixel_offset(const Strides4& s, int n, int y, int x) {
+  return static_cast<int64_t>(n) * s.n + static_cast<int64_t>(y) * s.h + static_cast<int64_t>(x) * s.w;
+}
+
 template <typename T, int ROWS, int COLS, int NT, int MODE>
 struct TileLoader;
 
@@ -293,11 +321,9 @@ struct TileLoader<T, ROWS, COLS, NT, kLoadPixelFast> {
     const int row = tid % ROWS;
     const int y = s_y[row] + dy;
     const int x = s_x[row] + dx;
-    const bool inb = static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
-                     static_cast<unsigned>(x) < static_cast<unsigned>(W);
+    const bool inb = in_map(y, x, H, W);
     const T* p = base;
-    if (inb) p += static_cast<int64_t>(s_n[row]) * s.n + static_cast<int64_t>(y) * s.h +
-                  static_cast<int64_t>(x) * s.w;
+    if (inb) p += pixel_offset(s, s_n[row], y, x);
     const int cb = c0 + tid / ROWS;
 #pragma unroll
     for (int i = 0; i < NE; ++i) {
@@ -336,11 +362,7 @@ struct TileLoader<T, ROWS, COLS, NT, kLoadChanFast> {
       const int y = s_y[row] + dy;
       const int x = s_x[row] + dx;
       T v = Cvt<T>::from(0.0f);
-      if (cok && static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
-          static_cast<unsigned>(x) < static_cast<unsigned>(W)) {
-        v = p[static_cast<int64_t>(s_n[row]) * s.n + static_cast<int64_t>(y) * s.h +
-              static_cast<int64_t>(x) * s.w];
-      }
+      if (cok && in_map(y, x, H, W)) v = p[pixel_offset(s, s_n[row], y, x)];
       r[i] = v;
     }
   }
@@ -374,8 +396,7 @@ struct TileLoader<T, ROWS, COLS, NT, kLoadVec> {
         const int y = s_y[row] + dy;
         const int x = s_x[row] + dx;
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (c < C && static_cast<unsigned>(y) < static_cast<unsigned>(H) &&
-            static_cast<unsigned>(x) < static_cast<unsigned>(W)) {
+        if (c < C && in_map(y, x, H, W)) {
           v = __ldg(reinterpret_cast<const uint4*>(
               base + (static_cast<int64_t>(s_n[row]) * s.n + static_cast<int64_t>(c) +
                       static_cast<int64_t>(y) * s.h + static_cast<int64_t>(x) * s.w)));
@@ -438,9 +459,68 @@ struct PackedTileLoader {
 };
 
 // ------------------------------------------------------------------------------------------------
+// Device limits of the launchers (the op checked the arguments; these guard the int32 index math
+// and the grid sizes) and the rates as the kernels see them.
+// ------------------------------------------------------------------------------------------------
+
+// The limits all three launchers share.
+inline bool problem_ok(const AsppProblem& p) {
+  if (p.workspace == nullptr) return false;
+  if (p.N < 1 || p.C < 1 || p.H < 1 || p.W < 1 || p.K < 1) return false;
+  if (p.N > INT32_MAX) return false;  // pixel_coords() keeps n in an int
+  if (p.R < 1 || p.R > kAsppMaxRates) return false;
+  if (p.H >= kAsppMaxSpatial || p.W >= kAsppMaxSpatial) return false;
+  if (static_cast<int64_t>(p.H) * p.W >= (int64_t(1) << 31)) return false;
+  for (int r = 0; r < p.R; ++r)
+    if (p.rates[r] < 1) return false;
+  return true;
+}
+
+// grid.y of the blocks of `out_channels` (pick_block_n wide) fits the launch limit.
+inline bool out_channel_blocks_ok(int out_channels, DType dtype) {
+  return ceil_div(out_channels, pick_block_n(out_channels, element_size(dtype))) <= 65535;
+}
+
+// The geometry every kernel argument struct carries: pixel counts, map size, clamped rates.
+// A rate >= max(H, W) behaves exactly like max(H, W) (its off-centre taps are fully outside the
+// map); clamping keeps all shifted coordinates far from int32 overflow.
+template <typename Args>
+void set_geometry(Args& a, const AsppProblem& p) {
+  a.HW = static_cast<int64_t>(p.H) * p.W;
+  a.M = p.N * a.HW;
+  a.H = p.H;
+  a.W = p.W;
+  a.R = p.R;
+  const int max_rate = p.H > p.W ? p.H : p.W;
+  for (int r = 0; r < kAsppMaxRates; ++r)
+    a.rates[r] = r < p.R ? (p.rates[r] < max_rate ? p.rates[r] : max_rate) : 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// The mainloop both implicit GEMMs share (double buffered through registers): the global loads of
+// stage s + 1 go to registers before the MMAs of stage s and to the other shared-memory buffer
+// after them, so one barrier per stage separates reading a buffer from overwriting it. The caller
+// has staged stage 0 in buffer 0 (and synchronised); end_stage(s) runs before each barrier.
+// ------------------------------------------------------------------------------------------------
+template <typename Index, typename LoadStage, typename Compute, typename StoreStage, typename EndStage>
+ASPP_D void double_buffered_mainloop(Index stages, LoadStage&& load_stage, Compute&& compute,
+                                     StoreStage&& store_stage, EndStage&& end_stage) {
+  for (Index s = 0; s < stages; ++s) {
+    const int buf = static_cast<int>(s & 1);
+    if (s + 1 < stages) load_stage(s + 1);
+    compute(buf);
+    if (s + 1 < stages) store_stage(buf ^ 1);
+    end_stage(s);
+    __syncthreads();
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
 // Fused implicit-GEMM kernel: out[m, k] = bias[k] + sum_t sum_c A_t[m, c] * Wp[t, c, k]
 //   m over N*H*W output pixels, A_t[m, c] = in[n, c, y + dy_t, x + dx_t] (0 outside),
 //   Wp packed [ntaps][Cin_pad][Cout_pad] (zero padded, centre summed over branches).
+// The forward solves it for input (C channels) -> output (K); dgrad for the transposed problem
+// grad_output (K channels) -> grad_input (C), taps mirrored (sign = -1).
 // ------------------------------------------------------------------------------------------------
 template <typename T, typename Acc>
 struct IgemmArgs {
@@ -455,22 +535,22 @@ struct IgemmArgs {
   int H, W;
   int Cin, Cout;
   int Cin_pad;   // multiple of chunk_channels<T>()
-  int Cout_pad;  // multiple of BK
+  int Cout_pad;  // multiple of the CTA's output-channel block
   int ntaps, R, sign;
   bool out_chan_fast;
   int rates[kAsppMaxRates];  // clamped
 };
 
 constexpr int kIgemmThreads = 256;
-constexpr int kIgemmBM = 128;
+constexpr int kIgemmBM = 128;  // output pixels per CTA
 
-template <typename T, int BK, bool WMMA>
+template <typename T, int BlockOutCh, bool WMMA>
 struct IgemmSmem {
   static constexpr int CC = chunk_channels<T>();
   static constexpr int PADE = static_cast<int>(16 / sizeof(T));
   static constexpr int LDA = CC + PADE;  // 80-byte rows
-  static constexpr int LDB = BK + PADE;
-  static constexpr int LDC = BK + 4;  // fp32 epilogue staging
+  static constexpr int LDB = BlockOutCh + PADE;
+  static constexpr int LDC = BlockOutCh + 4;  // fp32 epilogue staging
   static constexpr int A_ELEMS = kIgemmBM * LDA;
   static constexpr int B_ELEMS = CC * LDB;
   static constexpr int PIPE_BYTES = static_cast<int>(2 * (A_ELEMS + B_ELEMS) * sizeof(T));
@@ -480,48 +560,170 @@ struct IgemmSmem {
   static_assert((B_ELEMS * sizeof(T)) % 32 == 0, "B buffers must stay 32-byte aligned");
 };
 
-namespace {  // internal linkage: fwd and dgrad TUs each get their own kernel instances
+// The CTA's output tile: pixels m0 .. m0 + 127 (coordinates in the smem tables s_n, s_y, s_x),
+// output channels k0 .. k0 + BlockOutCh - 1.
+struct IgemmTile {
+  int64_t m0;
+  int k0;
+  const int* s_n;
+  const int* s_y;
+  const int* s_x;
+};
 
-template <class Pol, int BK, int MODE>
-__global__ void __launch_bounds__(kIgemmThreads, 2)
-    aspp_igemm_kernel(const __grid_constant__ IgemmArgs<typename Pol::T, typename Pol::Acc> a) {
+// out[pixel + k] = convert(v + bias[k]) for one output element.
+template <typename T, typename Acc, typename V>
+ASPP_D void store_output(const IgemmArgs<T, Acc>& a, const IgemmTile& tile, int row, int k, V v) {
+  if (a.bias != nullptr) v += a.bias[k];
+  a.out[static_cast<int64_t>(tile.s_n[row]) * a.out_s.n + static_cast<int64_t>(k) * a.out_s.c +
+        static_cast<int64_t>(tile.s_y[row]) * a.out_s.h +
+        static_cast<int64_t>(tile.s_x[row]) * a.out_s.w] = Cvt<T>::from(v);
+}
+
+// The per-stage MMA and the epilogue of the implicit GEMM, per math policy.
+template <class Pol, int BlockOutCh, bool kTensorCores = Pol::kWmma>
+struct IgemmMma;
+
+// Exact SIMT FMA in Acc: thread (tx, ty) owns pixels ty + 32 i (i < 4) and output channels
+// tx + 8 j (j < BlockOutCh / 8).
+template <class Pol, int BlockOutCh>
+struct IgemmMma<Pol, BlockOutCh, false> {
+  using T = typename Pol::T;
+  using Acc = typename Pol::Acc;
+  using Smem = IgemmSmem<T, BlockOutCh, false>;
+  static constexpr int kThreadPixels = 4;
+  static constexpr int kThreadOutCh = BlockOutCh / 8;
+  static_assert(kIgemmBM == 32 * kThreadPixels && kIgemmThreads == 32 * 8, "SIMT micro-tile mapping");
+
+  int tx, ty;
+  Acc acc[kThreadPixels][kThreadOutCh];
+
+  ASPP_D explicit IgemmMma(int tid) : tx(tid & 7), ty(tid >> 3) {
+#pragma unroll
+    for (int i = 0; i < kThreadPixels; ++i)
+#pragma unroll
+      for (int j = 0; j < kThreadOutCh; ++j) acc[i][j] = Acc(0);
+  }
+
+  // acc += A_stage[pixels][CC] * B_stage[CC][BlockOutCh].
+  ASPP_D void step(const T* As, const T* Bs) {
+#pragma unroll 4
+    for (int kk = 0; kk < Smem::CC; ++kk) {
+      Acc av[kThreadPixels], bv[kThreadOutCh];
+#pragma unroll
+      for (int i = 0; i < kThreadPixels; ++i) av[i] = to_acc(As[(ty + 32 * i) * Smem::LDA + kk]);
+#pragma unroll
+      for (int j = 0; j < kThreadOutCh; ++j) bv[j] = to_acc(Bs[kk * Smem::LDB + tx + 8 * j]);
+#pragma unroll
+      for (int i = 0; i < kThreadPixels; ++i)
+#pragma unroll
+        for (int j = 0; j < kThreadOutCh; ++j) acc[i][j] = mad(av[i], bv[j], acc[i][j]);
+    }
+  }
+
+  // Straight from the registers: + bias, convert, masked strided store.
+  ASPP_D void epilogue(const IgemmArgs<T, Acc>& a, const IgemmTile& tile, unsigned char*, int) const {
+#pragma unroll
+    for (int i = 0; i < kThreadPixels; ++i) {
+      const int row = ty + 32 * i;
+      if (tile.m0 + row >= a.M) continue;
+#pragma unroll
+      for (int j = 0; j < kThreadOutCh; ++j) {
+        const int k = tile.k0 + tx + 8 * j;
+        if (k < a.Cout) store_output(a, tile, row, k, acc[i][j]);
+      }
+    }
+  }
+};
+
+#if ASPP_WMMA_AVAILABLE
+// Tensor cores (WMMA, fp32 accumulate): warp w owns pixel rows 16w .. 16w + 15 and all
+// BlockOutCh columns (BlockOutCh / 16 accumulator fragments).
+template <class Pol, int BlockOutCh>
+struct IgemmMma<Pol, BlockOutCh, true> {
   using T = typename Pol::T;
   using Acc = typename Pol::Acc;
   using F = Frags<typename Pol::FragT>;
-  using L = IgemmSmem<T, BK, Pol::kWmma>;
-  constexpr int NT = kIgemmThreads;
-  constexpr int BM = kIgemmBM;
-  constexpr int CC = L::CC;
-  constexpr int LDA = L::LDA;
-  constexpr int LDB = L::LDB;
-  constexpr int LDC = L::LDC;
-  constexpr int NF = BK / 16;  // WMMA n-fragments per warp
-  constexpr int TN = BK / 8;   // SIMT columns per thread
-  constexpr int TM = 4;        // SIMT rows per thread
-  static_assert(BM == 16 * (NT / 32), "one 16-row WMMA strip per warp");
-  static_assert(BM == 32 * TM && BK == 8 * TN, "SIMT micro-tile mapping");
+  using Smem = IgemmSmem<T, BlockOutCh, true>;
+  static constexpr int kFragsPerWarp = BlockOutCh / 16;
+  static_assert(kIgemmBM == 16 * (kIgemmThreads / 32), "one 16-row WMMA strip per warp");
 
-  if constexpr (Pol::kWmma && !F::kOk) {
+  int warp;
+  typename F::Acc acc[kFragsPerWarp];
+
+  ASPP_D explicit IgemmMma(int tid) : warp(tid >> 5) {
+#pragma unroll
+    for (int f = 0; f < kFragsPerWarp; ++f) nvcuda::wmma::fill_fragment(acc[f], 0.0f);
+  }
+
+  ASPP_D void step(const T* As, const T* Bs) {
+    As += warp * 16 * Smem::LDA;
+#pragma unroll
+    for (int kk = 0; kk < Smem::CC / Pol::KS; ++kk) {
+      typename F::ARow fa;
+      load_fragment<Pol::kTf32>(fa, As + kk * Pol::KS, Smem::LDA);
+#pragma unroll
+      for (int f = 0; f < kFragsPerWarp; ++f) {
+        typename F::BRow fb;
+        load_fragment<Pol::kTf32>(fb, Bs + kk * Pol::KS * Smem::LDB + f * 16, Smem::LDB);
+        nvcuda::wmma::mma_sync(acc[f], fa, fb, acc[f]);
+      }
+    }
+  }
+
+  // Fragments -> fp32 smem (aliases the pipeline buffers; the mainloop ended with a barrier) ->
+  // + bias, convert, masked strided store with a coalescing-aware thread mapping.
+  ASPP_D void epilogue(const IgemmArgs<T, Acc>& a, const IgemmTile& tile, unsigned char* smem,
+                       int tid) const {
+    constexpr int LDC = Smem::LDC;
+    const float* Cs = reinterpret_cast<float*>(smem);
+    store_accumulators(reinterpret_cast<float*>(smem) + warp * 16 * LDC, 16, LDC, acc);
+    for (int e = tid; e < kIgemmBM * BlockOutCh; e += kIgemmThreads) {
+      int row, col;
+      if (a.out_chan_fast) {
+        col = e % BlockOutCh;
+        row = e / BlockOutCh;
+      } else {
+        row = e % kIgemmBM;
+        col = e / kIgemmBM;
+      }
+      const int k = tile.k0 + col;
+      if (tile.m0 + row < a.M && k < a.Cout) store_output(a, tile, row, k, Cs[row * LDC + col]);
+    }
+  }
+};
+#endif  // ASPP_WMMA_AVAILABLE
+
+namespace {  // internal linkage: fwd and dgrad TUs each get their own kernel instances
+
+template <class Pol, int BlockOutCh, int LoadMode>
+__global__ void __launch_bounds__(kIgemmThreads, 2)
+    aspp_igemm_kernel(const __grid_constant__ IgemmArgs<typename Pol::T, typename Pol::Acc> a) {
+  using T = typename Pol::T;
+  using Smem = IgemmSmem<T, BlockOutCh, Pol::kWmma>;
+  constexpr int BM = kIgemmBM;
+  constexpr int CC = Smem::CC;
+
+  if constexpr (Pol::kWmma && !Frags<typename Pol::FragT>::kOk) {
     // Architecture without these tensor-core fragments. The launchers never select such a kernel
     // on such a device, but a PTX-JIT build (e.g. arch list "7.5+PTX" run on sm_80+) would land
     // here: fail loudly instead of silently leaving the output unwritten.
     __trap();
   } else {
-    DLV2_SHARED_ALIGNED(128, unsigned char[L::BYTES], smem);
+    DLV2_SHARED_ALIGNED(128, unsigned char[Smem::BYTES], smem);
     DLV2_SHARED(int[BM], s_n);
     DLV2_SHARED(int[BM], s_y);
     DLV2_SHARED(int[BM], s_x);
     DLV2_SHARED(int[kAsppMaxRates], s_rates);
 
     T* const A0 = reinterpret_cast<T*>(smem);
-    T* const B0 = A0 + 2 * L::A_ELEMS;
+    T* const B0 = A0 + 2 * Smem::A_ELEMS;
 
     const int tid = threadIdx.x;
-    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
-    const int k0 = blockIdx.y * BK;
+    const IgemmTile tile{static_cast<int64_t>(blockIdx.x) * BM, static_cast<int>(blockIdx.y) * BlockOutCh,
+                         s_n, s_y, s_x};
 
     if (tid < BM) {
-      const int64_t m = m0 + tid;
+      const int64_t m = tile.m0 + tid;
       int n = 0, y = kInvalidCoord, x = 0;
       if (m < a.M) pixel_coords(m, a.HW, a.W, n, y, x);
       s_n[tid] = n;
@@ -531,168 +733,115 @@ __global__ void __launch_bounds__(kIgemmThreads, 2)
     if (tid < a.R) s_rates[tid] = a.rates[tid];
     __syncthreads();
 
-    TileLoader<T, BM, CC, NT, MODE> la;
-    PackedTileLoader<T, CC, BK, NT> lb;
-    const int S = (a.Cin_pad / CC) * a.ntaps;  // pipeline stages: (chunk, tap)
+    TileLoader<T, BM, CC, kIgemmThreads, LoadMode> load_a;
+    PackedTileLoader<T, CC, BlockOutCh, kIgemmThreads> load_b;
+    const int stages = (a.Cin_pad / CC) * a.ntaps;
 
     // Stage s -> (chunk, tap): chunk-major so that the 1 + 8R shifted windows of one channel chunk
     // are read back to back (overlapping windows of small rates then hit L1/L2).
-#define ASPP_IGEMM_LOAD(s_)                                                                    \
-  do {                                                                                         \
-    const int chunk_ = (s_) / a.ntaps;                                                         \
-    const int t_ = (s_)-chunk_ * a.ntaps;                                                      \
-    int dy_, dx_;                                                                              \
-    tap_shift(t_, s_rates, a.sign, dy_, dx_);                                                  \
-    la.load(a.in, a.in_s, s_n, s_y, s_x, dy_, dx_, chunk_ * CC, a.Cin, a.H, a.W, tid);         \
-    lb.load(a.wp + (static_cast<int64_t>(t_) * a.Cin_pad + chunk_ * CC) * a.Cout_pad + k0,     \
-            a.Cout_pad, tid);                                                                  \
-  } while (0)
+    auto load_stage = [&](int s) {
+      const int chunk = s / a.ntaps;
+      const int t = s - chunk * a.ntaps;
+      int dy, dx;
+      tap_shift(t, s_rates, a.sign, dy, dx);
+      load_a.load(a.in, a.in_s, s_n, s_y, s_x, dy, dx, chunk * CC, a.Cin, a.H, a.W, tid);
+      load_b.load(a.wp + (static_cast<int64_t>(t) * a.Cin_pad + chunk * CC) * a.Cout_pad + tile.k0,
+                  a.Cout_pad, tid);
+    };
+    auto store_stage = [&](int buf) {
+      load_a.template store<Smem::LDA>(A0 + buf * Smem::A_ELEMS, tid);
+      load_b.template store<Smem::LDB>(B0 + buf * Smem::B_ELEMS, tid);
+    };
 
-    ASPP_IGEMM_LOAD(0);
-    la.template store<LDA>(A0, tid);
-    lb.template store<LDB>(B0, tid);
+    load_stage(0);
+    store_stage(0);
     __syncthreads();
 
-    if constexpr (Pol::kWmma) {
-#if ASPP_WMMA_AVAILABLE
-      namespace wmma = nvcuda::wmma;
-      const int warp = tid >> 5;
-      typename F::Acc acc[NF];
-#pragma unroll
-      for (int f = 0; f < NF; ++f) wmma::fill_fragment(acc[f], 0.0f);
-
-      for (int s = 0; s < S; ++s) {
-        const int buf = s & 1;
-        if (s + 1 < S) ASPP_IGEMM_LOAD(s + 1);
-        const T* As = A0 + buf * L::A_ELEMS + warp * 16 * LDA;
-        const T* Bs = B0 + buf * L::B_ELEMS;
-#pragma unroll
-        for (int kk = 0; kk < CC / Pol::KS; ++kk) {
-          typename F::ARow fa;
-          wmma::load_matrix_sync(fa, As + kk * Pol::KS, LDA);
-          maybe_to_tf32<Pol::kTf32>(fa);
-#pragma unroll
-          for (int f = 0; f < NF; ++f) {
-            typename F::BRow fb;
-            wmma::load_matrix_sync(fb, Bs + kk * Pol::KS * LDB + f * 16, LDB);
-            maybe_to_tf32<Pol::kTf32>(fb);
-            wmma::mma_sync(acc[f], fa, fb, acc[f]);
-          }
-        }
-        if (s + 1 < S) {
-          la.template store<LDA>(A0 + (buf ^ 1) * L::A_ELEMS, tid);
-          lb.template store<LDB>(B0 + (buf ^ 1) * L::B_ELEMS, tid);
-        }
-        __syncthreads();
-      }
-
-      // Epilogue: fragments -> fp32 smem (aliases the pipeline buffers; the loop ended with a
-      // barrier) -> bias add, dtype conversion, masked strided store.
-      float* Cs = reinterpret_cast<float*>(smem);
-#pragma unroll
-      for (int f = 0; f < NF; ++f)
-        wmma::store_matrix_sync(Cs + warp * 16 * LDC + f * 16, acc[f], LDC, wmma::mem_row_major);
-      __syncthreads();
-      for (int e = tid; e < BM * BK; e += NT) {
-        int row, col;
-        if (a.out_chan_fast) {
-          col = e % BK;
-          row = e / BK;
-        } else {
-          row = e % BM;
-          col = e / BM;
-        }
-        const int k = k0 + col;
-        if (m0 + row < a.M && k < a.Cout) {
-          float v = Cs[row * LDC + col];
-          if (a.bias != nullptr) v += a.bias[k];
-          a.out[static_cast<int64_t>(s_n[row]) * a.out_s.n + static_cast<int64_t>(k) * a.out_s.c +
-                static_cast<int64_t>(s_y[row]) * a.out_s.h +
-                static_cast<int64_t>(s_x[row]) * a.out_s.w] = Cvt<T>::from(v);
-        }
-      }
-#endif  // ASPP_WMMA_AVAILABLE
-    } else {
-      // Exact SIMT path: thread (tx, ty) owns pixels ty + 32 i (i < 4), channels tx + 8 j (j < TN).
-      const int tx = tid & 7;
-      const int ty = tid >> 3;
-      Acc acc[TM][TN];
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = Acc(0);
-
-      for (int s = 0; s < S; ++s) {
-        const int buf = s & 1;
-        if (s + 1 < S) ASPP_IGEMM_LOAD(s + 1);
-        const T* As = A0 + buf * L::A_ELEMS;
-        const T* Bs = B0 + buf * L::B_ELEMS;
-#pragma unroll 4
-        for (int kk = 0; kk < CC; ++kk) {
-          Acc av[TM], bv[TN];
-#pragma unroll
-          for (int i = 0; i < TM; ++i) av[i] = to_acc(As[(ty + 32 * i) * LDA + kk]);
-#pragma unroll
-          for (int j = 0; j < TN; ++j) bv[j] = to_acc(Bs[kk * LDB + tx + 8 * j]);
-#pragma unroll
-          for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] = mad(av[i], bv[j], acc[i][j]);
-        }
-        if (s + 1 < S) {
-          la.template store<LDA>(A0 + (buf ^ 1) * L::A_ELEMS, tid);
-          lb.template store<LDB>(B0 + (buf ^ 1) * L::B_ELEMS, tid);
-        }
-        __syncthreads();
-      }
-
-#pragma unroll
-      for (int i = 0; i < TM; ++i) {
-        const int row = ty + 32 * i;
-        if (m0 + row >= a.M) continue;
-        const int64_t pix = static_cast<int64_t>(s_n[row]) * a.out_s.n +
-                            static_cast<int64_t>(s_y[row]) * a.out_s.h +
-                            static_cast<int64_t>(s_x[row]) * a.out_s.w;
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          const int k = k0 + tx + 8 * j;
-          if (k < a.Cout) {
-            Acc v = acc[i][j];
-            if (a.bias != nullptr) v += a.bias[k];
-            a.out[pix + static_cast<int64_t>(k) * a.out_s.c] = Cvt<T>::from(v);
-          }
-        }
-      }
-    }
-#undef ASPP_IGEMM_LOAD
+    IgemmMma<Pol, BlockOutCh> mma(tid);
+    double_buffered_mainloop(
+        stages, load_stage,
+        [&](int buf) { mma.step(A0 + buf * Smem::A_ELEMS, B0 + buf * Smem::B_ELEMS); },
+        store_stage, [](int) {});
+    mma.epilogue(a, tile, smem, tid);
   }
 }
 
 }  // namespace
 
-// Host: launch the implicit GEMM for one policy; BK in {16, 32, 64}, mode a LoadMode.
+// The input and the output tensor of one implicit-GEMM launch, in the GEMM's own terms.
+struct IgemmInput {
+  const void* data;
+  const int64_t* stride;  // 4 element strides
+  int channels;
+};
+struct IgemmOutput {
+  void* data;
+  const int64_t* stride;  // 4 element strides
+  int channels;
+};
+
+// Layout of the packed weight [ntaps][in_channels_pad][out_channels_pad] for one launch.
+struct IgemmLayout {
+  int block_out_ch;  // output channels per CTA (grid.y = out_channels_pad / block_out_ch)
+  int in_channels_pad, out_channels_pad, ntaps;
+  size_t packed_weight_bytes;  // 256-aligned
+};
+
+inline IgemmLayout igemm_layout(DType dtype, int R, int in_channels, int out_channels) {
+  IgemmLayout L;
+  const int es = element_size(dtype);
+  const int chunk = 64 / es;
+  L.block_out_ch = pick_block_n(out_channels, es);
+  L.in_channels_pad = static_cast<int>(ceil_div(in_channels, chunk) * chunk);
+  L.out_channels_pad = static_cast<int>(ceil_div(out_channels, L.block_out_ch) * L.block_out_ch);
+  L.ntaps = num_taps(R);
+  L.packed_weight_bytes = align_up(static_cast<size_t>(L.ntaps) * L.in_channels_pad * L.out_channels_pad * es);
+  return L;
+}
+
+// The device limits of an implicit-GEMM launch on top of problem_ok().
+inline bool igemm_problem_ok(const AsppProblem& p, int in_channels, int out_channels) {
+  if (!problem_ok(p)) return false;
+  // pipeline stage count (channel chunks x taps) must fit in int
+  if (ceil_div(in_channels, 64 / element_size(p.dtype)) * num_taps(p.R) >= (int64_t(1) << 31)) return false;
+  if (ceil_div(p.N * p.H * p.W, kIgemmBM) >= (int64_t(1) << 31)) return false;
+  return out_channel_blocks_ok(out_channels, p.dtype);
+}
+
+// Host: fills the kernel arguments of in -> out (sign +1: forward taps, -1: mirrored) and launches
+// the kernel instance of the layout's output-channel block and the input's load mode.
 template <class Pol>
-void launch_igemm(const IgemmArgs<typename Pol::T, typename Pol::Acc>& a, int BK, int mode,
-                  cudaStream_t stream) {
-  const dim3 block(kIgemmThreads);
+void launch_igemm(const AsppProblem& p, const IgemmInput& in, const IgemmOutput& out,
+                  const typename Pol::T* packed_weight, const typename Pol::Acc* bias,
+                  const IgemmLayout& L, int sign, cudaStream_t stream) {
+  using T = typename Pol::T;
+  IgemmArgs<T, typename Pol::Acc> a;
+  a.in = static_cast<const T*>(in.data);
+  a.in_s = make_strides4(in.stride);
+  a.wp = packed_weight;
+  a.bias = bias;
+  a.out = static_cast<T*>(out.data);
+  a.out_s = make_strides4(out.stride);
+  set_geometry(a, p);
+  a.Cin = in.channels;
+  a.Cout = out.channels;
+  a.Cin_pad = L.in_channels_pad;
+  a.Cout_pad = L.out_channels_pad;
+  a.ntaps = L.ntaps;
+  a.sign = sign;
+  a.out_chan_fast = channel_fast(a.out_s, out.channels);
+  const int load_mode = pick_load_mode(in.data, static_cast<int>(sizeof(T)), a.in_s, in.channels);
+
   const dim3 grid(static_cast<unsigned>(ceil_div(a.M, kIgemmBM)),
-                  static_cast<unsigned>(a.Cout_pad / BK));
-#define ASPP_IGEMM_CASE(BK_, MODE_)                                                 \
-  if (BK == BK_ && mode == MODE_) {                                                 \
-    launch_kernel<aspp_igemm_kernel<Pol, BK_, MODE_>>(grid, block, 0, stream, a);   \
-    return;                                                                         \
-  }
-#define ASPP_IGEMM_CASES(BK_)              \
-  ASPP_IGEMM_CASE(BK_, kLoadPixelFast)     \
-  ASPP_IGEMM_CASE(BK_, kLoadChanFast)      \
-  ASPP_IGEMM_CASE(BK_, kLoadVec)
-  ASPP_IGEMM_CASES(16)
-  ASPP_IGEMM_CASES(32)
-  if constexpr (sizeof(typename Pol::T) <= 4) {  // fp64 is capped at BK = 32 (registers)
-    ASPP_IGEMM_CASES(64)
-  }
-#undef ASPP_IGEMM_CASES
-#undef ASPP_IGEMM_CASE
+                  static_cast<unsigned>(L.out_channels_pad / L.block_out_ch));
+  DLV2_INT_SWITCH3(L.block_out_ch, kBlockOutCh, 16, 32, 64, [&] {
+    if constexpr (sizeof(T) <= 4 || kBlockOutCh <= 32) {  // fp64 is capped at 32 (registers)
+      DLV2_INT_SWITCH3(load_mode, kLoadMode, kLoadPixelFast, kLoadChanFast, kLoadVec, [&] {
+        launch_kernel<aspp_igemm_kernel<Pol, kBlockOutCh, kLoadMode>>(grid, dim3(kIgemmThreads), 0,
+                                                                      stream, a);
+      });
+    }
+  });
 }
 
 // Packs the branch weights [R, K, C, 3, 3] (strides ws) tap by tap into out[t][row][col]
@@ -751,31 +900,56 @@ inline int current_sm_count() {
   return count > 0 ? count : 1;
 }
 
-template <typename Pol>
-struct PolicyTag {
-  using type = Pol;
-};
-
-// Picks the math policy for a dtype on the current device (tensor cores for fp16/bf16, TF32 when
-// allowed, exact FMA otherwise) and returns run(PolicyTag<Policy>{}).
-template <typename Run>
-cudaError_t dispatch_policy(DType dtype, bool allow_tf32, Run&& run) {
+// Whether the current device runs `dtype`'s policy (fp16 tensor cores need sm_70, bf16 sm_80;
+// TF32 is used only where allowed and on sm_80+, else float32 takes the exact SIMT path).
+inline cudaError_t device_policy(DType dtype, bool allow_tf32, bool& use_tf32) {
   const int sm = current_sm_major();
+  use_tf32 = false;
   switch (dtype) {
     case DType::kFloat16:
-      if (sm < 7) return cudaErrorNotSupported;
-      return run(PolicyTag<PolWmmaF16>{});
+      return sm < 7 ? cudaErrorNotSupported : cudaSuccess;
     case DType::kBFloat16:
-      if (sm < 8) return cudaErrorNotSupported;
-      return run(PolicyTag<PolWmmaBF16>{});
+      return sm < 8 ? cudaErrorNotSupported : cudaSuccess;
     case DType::kFloat32:
-      if (allow_tf32 && sm >= 8) return run(PolicyTag<PolWmmaTF32>{});
-      return run(PolicyTag<PolSimt<float, float>>{});
+      use_tf32 = allow_tf32 && sm >= 8;
+      return cudaSuccess;
     case DType::kFloat64:
-      return run(PolicyTag<PolSimt<double, double>>{});
+      return cudaSuccess;
   }
   return cudaErrorInvalidValue;
 }
+
+// DLV2_*_SWITCH (common/static_switch.h) over the math policy of DTYPE: POLICY names the policy
+// type in the body, which returns a cudaError_t; the switch returns device_policy()'s error where
+// the current device cannot run DTYPE.
+#define ASPP_POLICY_SWITCH(DTYPE, ALLOW_TF32, POLICY, ...)                               \
+  [&]() -> cudaError_t {                                                                \
+    bool use_tf32_ = false;                                                             \
+    const cudaError_t supported_ = device_policy((DTYPE), (ALLOW_TF32), use_tf32_);     \
+    if (supported_ != cudaSuccess) return supported_;                                   \
+    switch (DTYPE) {                                                                    \
+      case DType::kFloat16: {                                                           \
+        using POLICY = PolWmmaF16;                                                      \
+        return __VA_ARGS__();                                                           \
+      }                                                                                 \
+      case DType::kBFloat16: {                                                          \
+        using POLICY = PolWmmaBF16;                                                     \
+        return __VA_ARGS__();                                                           \
+      }                                                                                 \
+      case DType::kFloat64: {                                                           \
+        using POLICY = PolSimt<double, double>;                                         \
+        return __VA_ARGS__();                                                           \
+      }                                                                                 \
+      default:                                                                          \
+        break;                                                                          \
+    }                                                                                   \
+    if (use_tf32_) {                                                                    \
+      using POLICY = PolWmmaTF32;                                                       \
+      return __VA_ARGS__();                                                             \
+    }                                                                                   \
+    using POLICY = PolSimt<float, float>;                                               \
+    return __VA_ARGS__();                                                               \
+  }()
 
 }  // namespace detail
 }  // namespace aspp

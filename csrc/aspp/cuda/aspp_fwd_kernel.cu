@@ -1,5 +1,5 @@
 // Fused ASPP forward: output = sum_r conv3x3(input, weight[r], dilation = padding = rates[r]) + sum_r bias[r]
-// in ONE implicit-GEMM kernel launch (plus a tiny weight-packing kernel).
+// in ONE implicit-GEMM kernel launch (plus a weight-packing and a bias-summing kernel).
 //
 // GEMM view:  M = N*H*W output pixels,  N_gemm = K output channels,  K_gemm = (1 + 8R) * C.
 //   The centre tap (ky, kx) = (1, 1) reads the same input window for every branch, so it is one
@@ -8,38 +8,28 @@
 //   saved. The 8R off-centre taps each read their own shifted window. No per-branch outputs, no
 //   im2col buffer: the only extra memory is the packed weight (weight sized) in the workspace.
 //
-// CTA tile: 128 output pixels (linear over N*H*W, so odd H, W waste nothing) x BK output
-//   channels, BK = 16 / 32 / 64 picked from K (21 -> 32: 2 WMMA n-fragments, masked store;
-//   256 -> grid.y = 4 blocks of 64). 256 threads = 8 warps; warp w owns pixel rows 16w..16w+15
-//   and all BK columns (BK/16 fp32 accumulator fragments).
-// Pipeline stage = (channel chunk, tap), chunk-major: CC = 64 bytes of channels per pixel
-//   (32 fp16/bf16, 16 fp32, 8 fp64). Per stage the CTA stages in shared memory
-//     A: [128 px][CC] input window of that tap (zero-filled outside the map / past C),
-//     B: [CC][BK]     packed weight slice (zero padded, so never masked),
-//   double buffered: the global loads of stage s+1 are issued into registers before the MMAs of
-//   stage s and written to the other smem buffer afterwards (one __syncthreads per stage).
-//   Global reads use 16-byte vectors along channels when the input is channels_last-like and
-//   16-byte aligned (checked at runtime), otherwise scalar loads with a coalescing-aware thread
-//   mapping (pixel-fast for NCHW, channel-fast for channels_last), any strides.
-// Reuse across taps: the centre window is shared by all R branches (above); the 1 + 8R windows of a
-//   chunk are read back to back, so windows of small rates overlap in L1/L2. (Staging one halo tile
-//   per rate was rejected: for DeepLab rates 6..24 the halo of a 128-pixel tile is >90% unused.)
-// Compute: fp16 / bf16 -> WMMA m16n16k16, fp32 accumulate; fp32 with allow_tf32 -> WMMA m16n16k8
-//   tf32 (__float_to_tf32 on each fragment); fp32 otherwise and fp64 -> exact SIMT FMA, 4 x BK/8
-//   register micro-tile per thread (fp64 accumulates in fp64).
-// Epilogue: fragments -> fp32 smem (aliases the pipeline buffers) -> + summed bias, convert,
-//   masked store with the output's strides (NCHW or channels_last), coalescing-aware mapping.
+// The kernel (aspp_igemm_kernel in aspp_conv_common.cuh, shared with dgrad):
+//   CTA tile: 128 output pixels (linear over N*H*W, so odd H, W waste nothing) x BlockOutCh output
+//     channels, BlockOutCh = 16 / 32 / 64 picked from K (21 -> 32: 2 WMMA n-fragments, masked
+//     store; 256 -> grid.y = 4 blocks of 64). 256 threads = 8 warps.
+//   Mainloop: one stage = (channel chunk, tap), chunk-major; a chunk is 64 bytes of channels per
+//     pixel (32 fp16/bf16, 16 fp32, 8 fp64). Per stage the CTA stages in shared memory
+//       A: [128 px][chunk] input window of that tap (zero-filled outside the map / past C),
+//       B: [chunk][BlockOutCh] packed weight slice (zero padded, so never masked),
+//     double buffered through registers (double_buffered_mainloop). The 1 + 8R windows of a chunk
+//     are read back to back, so windows of small rates overlap in L1/L2. Global reads use 16-byte
+//     vectors along channels when the input is channels_last-like and 16-byte aligned (checked at
+//     runtime), otherwise scalar loads with a coalescing-aware thread mapping, any strides.
+//   MMA step (IgemmMma): fp16 / bf16 -> WMMA m16n16k16, fp32 accumulate, warp w owns pixel rows
+//     16w..16w+15; fp32 with allow_tf32 -> WMMA m16n16k8 tf32; fp32 otherwise and fp64 -> exact
+//     SIMT FMA, 4 x BlockOutCh/8 register micro-tile per thread (fp64 accumulates in fp64).
+//   Epilogue: + summed bias, convert, masked store with the output's strides (NCHW or
+//     channels_last); WMMA goes through fp32 smem that aliases the pipeline buffers.
+//   Smem: <= 37 KiB static per CTA (2 CTAs/SM guaranteed by __launch_bounds__).
+// Whether the kernel is bound by L2 -> SM traffic or by the tensor cores has not been measured;
+// the arithmetic behind both predictions is in benchmarks/NOTES.md (issue 19 section).
 //
-// Arithmetic intensity (DeepLab-v2 head, fp16: C = 2048, K = 21 -> BK 32, R = 4 -> 33 taps): per
-//   stage the CTA moves an 8 KiB A tile + 2 KiB B tile from L2 and issues 2*128*32*32 = 262 kFLOP
-//   (~26 FLOP/byte, 21/32 of it useful). That is far below the tensor-core ridge point, so the op
-//   is bound by L2 -> SM bandwidth, not by MMA; the design therefore minimises bytes moved (shared
-//   centre tap, vector loads, weights staged once per stage for all 128 pixels) rather than MMA
-//   count. One image's input (2048 x 65 x 65 x 2 B = 17 MB) fits in L2, so DRAM traffic stays
-//   close to one pass over the input. Smem: <= 37 KiB static per CTA (2 CTAs/SM guaranteed by
-//   __launch_bounds__, more fit).
-//
-// Limits: R <= kAsppMaxRates (64); H, W < 2^28; ceil(N*H*W / 128) < 2^31.
+// Limits: R <= kAsppMaxRates (64); H, W < 2^28; ceil(N*H*W / 128) < 2^31 (problem_ok).
 // NOTE: written and compile-checked without a GPU; validate against the CPU reference.
 #include "aspp_conv_common.cuh"
 
@@ -48,92 +38,57 @@ namespace aspp {
 namespace detail {
 namespace {
 
-// out[k] = sum_r bias[r, k] for k < K, 0 for K <= k < Cout_pad.
+// out[k] = sum_r bias[r, k] for k < K, 0 for K <= k < out_channels_pad.
 template <typename T, typename Acc>
 __global__ void aspp_sum_bias_kernel(const T* __restrict__ b, int64_t s0, int64_t s1, int R, int K,
-                                     int Cout_pad, Acc* __restrict__ out) {
+                                     int out_channels_pad, Acc* __restrict__ out) {
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
-  if (k >= Cout_pad) return;
+  if (k >= out_channels_pad) return;
   Acc v = Acc(0);
   if (k < K)
     for (int r = 0; r < R; ++r) v += to_acc(b[static_cast<int64_t>(r) * s0 + static_cast<int64_t>(k) * s1]);
   out[k] = v;
 }
 
+// Workspace: the packed weight [ntaps][C_pad][K_pad], then the branch-summed bias [K_pad] (Acc).
 struct FwdLayout {
-  int CC, BK, Cin_pad, Cout_pad, ntaps;
-  size_t wp_bytes, bias_offset, total;
+  IgemmLayout igemm;
+  size_t bias_offset, total;
 };
 
 FwdLayout fwd_layout(const AsppFwdParams& p) {
   FwdLayout L;
-  const int es = element_size(p.dtype);
-  L.CC = 64 / es;
-  L.BK = pick_block_n(p.K, es);
-  L.Cin_pad = static_cast<int>(ceil_div(p.C, L.CC) * L.CC);
-  L.Cout_pad = static_cast<int>(ceil_div(p.K, L.BK) * L.BK);
-  L.ntaps = num_taps(p.R);
-  L.wp_bytes = align_up(static_cast<size_t>(L.ntaps) * L.Cin_pad * L.Cout_pad * es);
-  L.bias_offset = L.wp_bytes;
-  L.total = L.wp_bytes + align_up(static_cast<size_t>(L.Cout_pad) * acc_size(p.dtype));
+  L.igemm = igemm_layout(p.dtype, p.R, /*in_channels=*/p.C, /*out_channels=*/p.K);
+  L.bias_offset = L.igemm.packed_weight_bytes;
+  L.total = L.bias_offset + align_up(static_cast<size_t>(L.igemm.out_channels_pad) * acc_size(p.dtype));
   return L;
 }
 
 bool fwd_params_ok(const AsppFwdParams& p) {
   if (p.input == nullptr || p.weight == nullptr || p.output == nullptr) return false;
-  if (p.N < 1 || p.C < 1 || p.H < 1 || p.W < 1 || p.K < 1) return false;
-  if (p.N > INT32_MAX) return false;  // pixel_coords() keeps n in an int
-  if (p.R < 1 || p.R > kAsppMaxRates) return false;
-  if (p.H >= kAsppMaxSpatial || p.W >= kAsppMaxSpatial) return false;
-  for (int r = 0; r < p.R; ++r)
-    if (p.rates[r] < 1) return false;
-  if (static_cast<int64_t>(p.H) * p.W >= (int64_t(1) << 31)) return false;
-  const int64_t M = p.N * p.H * p.W;
-  // pipeline stage count (channel chunks x taps) must fit in int
-  if (ceil_div(p.C, 64 / element_size(p.dtype)) * num_taps(p.R) >= (int64_t(1) << 31)) return false;
-  if (ceil_div(M, kIgemmBM) >= (int64_t(1) << 31)) return false;
-  if (ceil_div(p.K, pick_block_n(p.K, element_size(p.dtype))) > 65535) return false;
-  return true;
+  return igemm_problem_ok(p, /*in_channels=*/p.C, /*out_channels=*/p.K);
 }
 
 template <class Pol>
-cudaError_t run_forward(const AsppFwdParams& p, const FwdLayout& L, cudaStream_t stream) {
+cudaError_t run_forward(const AsppFwdParams& p, cudaStream_t stream) {
   using T = typename Pol::T;
   using Acc = typename Pol::Acc;
-  T* wp = static_cast<T*>(p.workspace);
+  const FwdLayout L = fwd_layout(p);
+  T* packed_weight = static_cast<T*>(p.workspace);
   Acc* bias = nullptr;
 
   launch_pack_tap_weight<T, Acc, true>(p.weight, make_strides5(p.w_stride), p.R, p.K, p.C,
-                                     L.Cin_pad, L.Cout_pad, L.ntaps, wp, stream);
+                                       L.igemm.in_channels_pad, L.igemm.out_channels_pad,
+                                       L.igemm.ntaps, packed_weight, stream);
   if (p.bias != nullptr) {
     bias = reinterpret_cast<Acc*>(static_cast<unsigned char*>(p.workspace) + L.bias_offset);
     launch_kernel<aspp_sum_bias_kernel<T, Acc>>(
-        static_cast<unsigned>(ceil_div(L.Cout_pad, 256)), 256, 0, stream,
-        static_cast<const T*>(p.bias), p.b_stride[0], p.b_stride[1], p.R, p.K, L.Cout_pad, bias);
+        static_cast<unsigned>(ceil_div(L.igemm.out_channels_pad, 256)), 256, 0, stream,
+        static_cast<const T*>(p.bias), p.b_stride[0], p.b_stride[1], p.R, p.K,
+        L.igemm.out_channels_pad, bias);
   }
-
-  IgemmArgs<T, Acc> a;
-  a.in = static_cast<const T*>(p.input);
-  a.in_s = make_strides4(p.in_stride);
-  a.wp = wp;
-  a.bias = bias;
-  a.out = static_cast<T*>(p.output);
-  a.out_s = make_strides4(p.out_stride);
-  a.HW = static_cast<int64_t>(p.H) * p.W;
-  a.M = p.N * a.HW;
-  a.H = p.H;
-  a.W = p.W;
-  a.Cin = p.C;
-  a.Cout = p.K;
-  a.Cin_pad = L.Cin_pad;
-  a.Cout_pad = L.Cout_pad;
-  a.ntaps = L.ntaps;
-  a.R = p.R;
-  a.sign = 1;
-  a.out_chan_fast = channel_fast(a.out_s, p.K);
-  for (int r = 0; r < kAsppMaxRates; ++r) a.rates[r] = r < p.R ? clamp_rate(p.rates[r], p.H, p.W) : 0;
-  const int mode = pick_load_mode(p.input, static_cast<int>(sizeof(T)), a.in_s, p.C);
-  launch_igemm<Pol>(a, L.BK, mode, stream);
+  launch_igemm<Pol>(p, IgemmInput{p.input, p.in_stride, p.C}, IgemmOutput{p.output, p.out_stride, p.K},
+                    packed_weight, bias, L.igemm, /*sign=*/1, stream);
   return cudaPeekAtLastError();
 }
 
@@ -144,11 +99,8 @@ size_t aspp_fwd_workspace_bytes(const AsppFwdParams& p) { return detail::fwd_lay
 
 cudaError_t launch_aspp_forward(const AsppFwdParams& p, cudaStream_t stream) {
   using namespace detail;
-  if (!fwd_params_ok(p) || p.workspace == nullptr) return cudaErrorInvalidValue;
-  const FwdLayout L = fwd_layout(p);
-  return dispatch_policy(p.dtype, p.allow_tf32, [&](auto policy) {
-    return run_forward<typename decltype(policy)::type>(p, L, stream);
-  });
+  if (!fwd_params_ok(p)) return cudaErrorInvalidValue;
+  return ASPP_POLICY_SWITCH(p.dtype, p.allow_tf32, Pol, [&] { return run_forward<Pol>(p, stream); });
 }
 
 }  // namespace aspp

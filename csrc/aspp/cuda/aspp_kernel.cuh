@@ -33,7 +33,19 @@ namespace aspp {
 // H and W must be below this (keeps every shifted coordinate inside int32).
 constexpr int64_t kAsppMaxSpatial = int64_t(1) << 28;
 
-struct AsppFwdParams {
+// What every launcher computes on: sizes, rates, dtype, workspace. The three params structs add
+// their tensors; each launcher checks the problem against its device limits with one function
+// (problem_ok in aspp_conv_common.cuh).
+struct AsppProblem {
+  void* workspace = nullptr;  // aspp_*_workspace_bytes() bytes
+  int64_t N = 0;
+  int C = 0, H = 0, W = 0, K = 0, R = 0;
+  int rates[kAsppMaxRates] = {};
+  DType dtype = DType::kFloat32;
+  bool allow_tf32 = false;  // float32 only: use TF32 tensor cores
+};
+
+struct AsppFwdParams : AsppProblem {
   const void* input = nullptr;  // [N, C, H, W]
   int64_t in_stride[4] = {0, 0, 0, 0};
   const void* weight = nullptr;  // [R, K, C, 3, 3]
@@ -42,32 +54,20 @@ struct AsppFwdParams {
   int64_t b_stride[2] = {0, 0};
   void* output = nullptr;  // [N, K, H, W]
   int64_t out_stride[4] = {0, 0, 0, 0};
-  void* workspace = nullptr;  // aspp_fwd_workspace_bytes() bytes
-  int64_t N = 0;
-  int C = 0, H = 0, W = 0, K = 0, R = 0;
-  int rates[kAsppMaxRates] = {};
-  DType dtype = DType::kFloat32;
-  bool allow_tf32 = false;  // float32 only: use TF32 tensor cores
 };
 
 // grad_input = sum over taps of the transposed-tap conv of grad_output with weight.
-struct AsppDgradParams {
+struct AsppDgradParams : AsppProblem {
   const void* grad_output = nullptr;  // [N, K, H, W]
   int64_t go_stride[4] = {0, 0, 0, 0};
   const void* weight = nullptr;  // [R, K, C, 3, 3]
   int64_t w_stride[5] = {0, 0, 0, 0, 0};
   void* grad_input = nullptr;  // [N, C, H, W]
   int64_t gi_stride[4] = {0, 0, 0, 0};
-  void* workspace = nullptr;  // aspp_dgrad_workspace_bytes() bytes
-  int64_t N = 0;
-  int C = 0, H = 0, W = 0, K = 0, R = 0;
-  int rates[kAsppMaxRates] = {};
-  DType dtype = DType::kFloat32;
-  bool allow_tf32 = false;
 };
 
 // grad_weight (if grad_weight != nullptr) and grad_bias (if grad_bias != nullptr).
-struct AsppWgradParams {
+struct AsppWgradParams : AsppProblem {
   const void* grad_output = nullptr;  // [N, K, H, W]
   int64_t go_stride[4] = {0, 0, 0, 0};
   const void* input = nullptr;  // [N, C, H, W] (unused when grad_weight == nullptr)
@@ -76,12 +76,6 @@ struct AsppWgradParams {
   int64_t gw_stride[5] = {0, 0, 0, 0, 0};
   void* grad_bias = nullptr;  // [R, K] or nullptr
   int64_t gb_stride[2] = {0, 0};
-  void* workspace = nullptr;  // aspp_wgrad_workspace_bytes() bytes
-  int64_t N = 0;
-  int C = 0, H = 0, W = 0, K = 0, R = 0;
-  int rates[kAsppMaxRates] = {};
-  DType dtype = DType::kFloat32;
-  bool allow_tf32 = false;
 };
 
 size_t aspp_fwd_workspace_bytes(const AsppFwdParams& p);

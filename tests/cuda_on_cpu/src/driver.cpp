@@ -41,8 +41,8 @@ int with_workspace(Params& p, Bytes workspace_bytes, Launch launch) {
   return static_cast<int>(err);
 }
 
-template <typename Params>
-void fill_common(Params& p, int64_t N, int C, int H, int W, int K, int R, const int* rates, int dtype, int allow_tf32) {
+// The AsppProblem part of every ASPP params struct.
+void fill_common(aspp::AsppProblem& p, int64_t N, int C, int H, int W, int K, int R, const int* rates, int dtype, int allow_tf32) {
   p.N = N;
   p.C = C;
   p.H = H;
