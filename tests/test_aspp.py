@@ -978,14 +978,16 @@ def test_bad_grad_output_shape_fake_backward():
 
 
 @pytest.mark.parametrize("problem,message", [
-    ("one_rate_too_few", "len\\(rates\\) must equal"),
-    ("rate_zero", "positive"),
-    ("bias_wrong_R", "bias must have shape"),
+    ("one_rate_too_few", f"len\\(rates\\) must equal .* = {ASPP_MAX_RATES + 2}, got "
+                         f"{ASPP_MAX_RATES + 1} rates"),
+    ("rate_zero", "positive integers, got \\[1, 2, 3, 1,"),
+    ("bias_wrong_R", f"bias must have shape \\[R, K\\] = \\[{ASPP_MAX_RATES + 2}, 2\\]"),
     ("weight_5x5", "3x3"),
 ])
 def test_many_branches_bad_structure(problem, message):
     """More rates than one op call takes: the whole call's branch structure is checked before
-    the split (by the op's check), so a mismatch is named for the whole call."""
+    the split (by the op's check), so a mismatch is named with the whole call's sizes, not with
+    those of the group whose op call would meet it."""
     R = ASPP_MAX_RATES + 2
     rates = [1 + (i % 3) for i in range(R)]
     x = torch.randn(1, 3, 5, 5)
