@@ -1,7 +1,7 @@
 """Fused ASPP: the parallel 3x3 dilated convolutions of DeepLabV2, summed, as one operator.
 
-``aspp(input, weight, bias, rates)`` equals
-``sum(F.conv2d(input, weight[r], bias[r], padding=rates[r], dilation=rates[r]) for r in range(R))``
+``aspp(input, weight, bias, rates)`` equals ``aspp_reference(input, weight, bias, rates)``,
+``sum(F.conv2d(input, weight[r], bias[r], padding=rates[r], dilation=rates[r]) for r in range(R))``,
 but runs as one fused kernel (``torch.ops.deeplabv2_ext.aspp``) on CPU and CUDA. One call of the
 op takes at most ``ASPP_MAX_RATES`` (64) rates on CUDA; ``aspp`` splits more rates into groups of
 at most that many, on every device, and sums the groups' outputs.

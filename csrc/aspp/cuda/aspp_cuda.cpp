@@ -1,10 +1,10 @@
 // CUDA implementation of deeplabv2_ext::aspp / aspp_backward (torch-facing glue).
 //
 // Checks the arguments (the op's checks, then the CUDA limits), allocates the outputs (output /
-// grad_input in output_memory_format(input)), a weight-sized workspace (packed weights or fp32 / fp64 gradient
-// accumulators) and fills the torch-free parameter structs of aspp_kernel.cuh. The kernels read
-// every tensor through its strides (NCHW, channels_last or arbitrary), so no activation-sized copy
-// is ever made. float32 uses TF32 tensor cores iff cuDNN convolutions may
+// grad_input in output_memory_format(input)), a weight-sized workspace (packed weights or fp32 /
+// fp64 gradient accumulators) and fills the torch-free parameter structs of aspp_kernel.cuh. The
+// kernels read every tensor through its strides (NCHW, channels_last or arbitrary), so no
+// activation-sized copy is ever made. float32 uses TF32 tensor cores iff cuDNN convolutions may
 // (at::globalContext().allowTF32CuDNN(at::Float32Op::CONV), as conv2d asks).
 #include "../aspp.h"
 #include "aspp_kernel.cuh"
