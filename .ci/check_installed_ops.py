@@ -18,8 +18,9 @@ from deeplabv2.models import ConvASPP
 assert deeplabv2_ext.__file__.startswith(sysconfig.get_paths()["purelib"]), deeplabv2_ext.__file__
 print(f"deeplabv2_ext {deeplabv2_ext.__version__} from {deeplabv2_ext.__file__}")
 
-# ASPP: the fused op against the reference head (deeplabv2.models.ConvASPP: R nn.Conv2d, summed)
-# in float64, with standard-normal weights and biases copied into the fused module.
+# ASPP: the fused op against the reference head (deeplabv2.models.ConvASPP: R nn.Conv2d, summed
+# by deeplabv2_ext.aspp.aspp_reference) in float64, with standard-normal weights and biases copied
+# into the fused module.
 torch.manual_seed(0)
 reference = ConvASPP(8, 6, rates=(1, 3)).double()
 for conv in reference.convs:

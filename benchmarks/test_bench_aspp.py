@@ -2,7 +2,8 @@
 
 Groups are (shape, dtype, pass) with pass in {forward, forward+backward}. In each group:
   ours-nchw, ours-cl            deeplabv2_ext.aspp on NCHW / channels_last input
-  cudnn-nchw, cudnn-cl          R x F.conv2d + sum (cudnn.benchmark=True) -- "cpu-conv-*" on CPU
+  cudnn-nchw, cudnn-cl          deeplabv2_ext.aspp.aspp_reference: R x F.conv2d, summed
+                                (cudnn.benchmark=True) -- "cpu-conv-*" on CPU
   compile-nchw                  torch.compile of that baseline (inductor)
 FLOPs (nominal, dense 3x3 taps) and the peak extra CUDA memory are in benchmark.extra_info.
 
@@ -14,9 +15,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch._dynamo
-import torch.nn.functional as F
 
 import deeplabv2_ext
+from deeplabv2_ext.aspp import aspp_reference
 
 ASPP_L = (6, 12, 18, 24)
 
@@ -99,14 +100,6 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def baseline_aspp(x, ws, bs, rates):
-    """What DeepLab-v2 does: R separate dilated 3x3 convs, summed."""
-    out = F.conv2d(x, ws[0], bs[0], padding=rates[0], dilation=rates[0])
-    for w, b, d in zip(ws[1:], bs[1:], rates[1:]):
-        out = out + F.conv2d(x, w, b, padding=d, dilation=d)
-    return out
-
-
 def _make_fn(spec, x, w, b, go):
     """The timed callable: forward (no autograd) or forward + backward (grads of x, w, b)."""
     N, C, H, W, K, rates = spec.shape
@@ -128,9 +121,9 @@ def _make_fn(spec, x, w, b, go):
         leaves = [x] + ws + bs
         if spec.variant.startswith("compile"):
             torch._dynamo.reset()  # fresh cache per benchmark (avoids hitting the recompile limit)
-            base = torch.compile(baseline_aspp, dynamic=False)
+            base = torch.compile(aspp_reference, dynamic=False)
         else:
-            base = baseline_aspp
+            base = aspp_reference  # what DeepLab-v2 does: R separate dilated 3x3 convs, summed
 
         def forward():
             return base(x, ws, bs, rates)
@@ -180,7 +173,7 @@ def test_aspp(benchmark, spec, record_result, request):
     rel_err = None
     if spec.variant.startswith("ours"):
         with torch.no_grad():
-            ref = baseline_aspp(x.float(), [w[r].float() for r in range(R)], [b[r].float() for r in range(R)], rates)
+            ref = aspp_reference(x.float(), w.float(), b.float(), rates)
             out = forward().float()
             rel_err = ((out - ref).norm() / ref.norm()).item()
 

@@ -1,7 +1,7 @@
 """Fused ASPP: the parallel 3x3 dilated convolutions of DeepLabV2, summed, as one operator.
 
-``aspp(input, weight, bias, rates)`` equals
-``sum(F.conv2d(input, weight[r], bias[r], padding=rates[r], dilation=rates[r]) for r in range(R))``
+``aspp(input, weight, bias, rates)`` equals ``aspp_reference(input, weight, bias, rates)``,
+``sum(F.conv2d(input, weight[r], bias[r], padding=rates[r], dilation=rates[r]) for r in range(R))``,
 but runs as one fused kernel (``torch.ops.deeplabv2_ext.aspp``) on CPU and CUDA. One call of the
 op takes at most ``ASPP_MAX_RATES`` (64) rates on CUDA; ``aspp`` splits more rates into groups of
 at most that many, on every device, and sums the groups' outputs.
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deeplabv2_ext import _C  # importing it registers torch.ops.deeplabv2_ext.*
@@ -19,17 +20,52 @@ ASPP_L_RATES = (6, 12, 18, 24)
 ASPP_S_RATES = (2, 4, 8, 12)
 # The most rates one call of the op takes on CUDA (kAsppMaxRates, csrc/aspp/aspp_limits.h).
 ASPP_MAX_RATES: int = _C.ASPP_MAX_RATES
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _as_rates(rates: Sequence[int]) -> tuple[int, ...]:
     """The rates as a tuple of Python ints; rejects floats, bools and non-sequences."""
-    if isinstance(rates, (int, Tensor)) or not isinstance(rates, Sequence):
+    if isinstance(rates, (int, str, bytes, Tensor)) or not isinstance(rates, Sequence):
         raise TypeError(f"aspp: rates must be a sequence of ints, got {rates!r}")
     for rate in rates:
         if isinstance(rate, bool) or not isinstance(rate, int):
             raise TypeError(f"aspp: rates must be a sequence of ints, got {tuple(rates)!r}")
     return tuple(rates)
+
+
+def checked_rates(rates: Sequence[int]) -> tuple[int, ...]:
+    """The rates of an ASPP head as a tuple, checked before any tensor exists (module
+    constructors): a non-empty sequence of positive ints, by the op's own check.
+
+    Raises:
+        TypeError: rates that are not a sequence of ints.
+        ValueError: no rates, or a rate < 1 (or too large).
+    """
+    rates = _as_rates(rates)
+    torch.ops.deeplabv2_ext.aspp_check_args(list(rates))
+    return rates
+
+
+def aspp_reference(
+    input: Tensor,
+    weight: Tensor | Sequence[Tensor],
+    bias: Tensor | Sequence[Tensor] | None,
+    rates: Sequence[int],
+) -> Tensor:
+    """What ``aspp`` computes, written with ``F.conv2d``: the sum over branches r of
+    ``F.conv2d(input, weight[r], bias[r], padding=rates[r], dilation=rates[r])``.
+
+    The one reference of the op: the tests call it on float64 tensors, the benchmarks time it as
+    the cuDNN / oneDNN baseline, ``deeplabv2.models.ConvASPP`` is its module form. ``weight`` is
+    [R, K, C, 3, 3] or R tensors [K, C, 3, 3] (``bias`` likewise [R, K] or R tensors [K]), so
+    that R separate ``nn.Conv2d`` parameters are used as they are. It runs in the arguments'
+    dtype, on their device.
+    """
+    output = None
+    for r, rate in enumerate(rates):
+        branch = F.conv2d(input, weight[r], None if bias is None else bias[r], padding=rate,
+                          dilation=rate)
+        output = branch if output is None else output + branch
+    return output
 
 
 def aspp(
@@ -60,9 +96,10 @@ def aspp(
     rates = _as_rates(rates)
     if len(rates) <= ASPP_MAX_RATES:
         return torch.ops.deeplabv2_ext.aspp(input, weight, bias, list(rates))
-    # Before slicing, so that errors name the whole call; dtypes and devices are checked by
-    # each group's op call, after autocast has cast its arguments.
-    _check_branches(weight, bias, rates)
+    # The branch structure of the whole call, before slicing (so that errors name the whole
+    # call); dtypes and devices are checked by each group's op call, after autocast has cast
+    # its arguments.
+    torch.ops.deeplabv2_ext.aspp_check_args(list(rates), weight, bias)
     output = None
     for start in range(0, len(rates), ASPP_MAX_RATES):
         group = slice(start, start + ASPP_MAX_RATES)
@@ -88,54 +125,9 @@ def _output_memory_format(input: Tensor) -> torch.memory_format:
     return torch.channels_last
 
 
-def _check_args(input: Tensor, weight: Tensor, bias: Tensor | None, rates: Sequence[int]) -> None:
-    """The C++ argument checks (csrc/aspp/aspp.cpp), for the fake kernel used when tracing."""
-    if input.dim() != 4:
-        raise ValueError(f"aspp: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
-    _check_branches(weight, bias, rates)
-    if weight.shape[3] != 3 or weight.shape[4] != 3:
-        raise ValueError(f"aspp: weight must have 3x3 kernels, got {tuple(weight.shape)}")
-    if input.dtype not in _SUPPORTED_DTYPES:
-        raise TypeError(f"aspp: input must be a floating point tensor, got {input.dtype}")
-    for name, other in (("weight", weight), ("bias", bias)):
-        if other is None:
-            continue
-        if other.device != input.device:
-            raise ValueError(f"aspp: all tensors must be on the same device, got input on "
-                             f"{input.device} and {name} on {other.device}")
-        if other.dtype != input.dtype:
-            raise TypeError(f"aspp: all tensors must have the same dtype, got input "
-                            f"{input.dtype} and {name} {other.dtype}")
-    if input.shape[1] < 1 or weight.shape[1] < 1:
-        raise ValueError(f"aspp: the channel counts C and K must be at least 1, got input "
-                         f"{tuple(input.shape)} and weight {tuple(weight.shape)}")
-    if input.shape[1] != weight.shape[2]:
-        raise ValueError(f"aspp: input has C = {input.shape[1]} channels but weight expects "
-                         f"C = {weight.shape[2]} channels")
-    if input.shape[2] < 1 or input.shape[3] < 1:
-        raise ValueError(f"aspp: input height and width must be at least 1, got "
-                         f"{tuple(input.shape)}")
-
-
-def _check_branches(weight: Tensor, bias: Tensor | None, rates: Sequence[int]) -> None:
-    """The checks of the branch structure: weight [R, K, C, 3, 3] with R = len(rates) >= 1,
-    positive rates, bias [R, K]. ``aspp`` runs them before it splits the rates into groups (a
-    group's op call could not see a mismatch of the whole)."""
-    if weight.dim() != 5:
-        raise ValueError(f"aspp: weight must be 5-D [R, K, C, 3, 3], got {tuple(weight.shape)}")
-    if len(rates) != weight.shape[0] or len(rates) == 0:
-        raise ValueError(f"aspp: len(rates) must equal R = weight.size(0) = {weight.shape[0]}, "
-                         f"got rates {tuple(rates)}")
-    if any(rate < 1 for rate in rates):
-        raise ValueError(f"aspp: rates must be positive integers, got {tuple(rates)}")
-    if bias is not None and tuple(bias.shape) != tuple(weight.shape[:2]):
-        raise ValueError(f"aspp: bias must have shape [R, K] = {list(weight.shape[:2])}, "
-                         f"got {tuple(bias.shape)}")
-
-
 @torch.library.register_fake("deeplabv2_ext::aspp")
 def _aspp_fake(input: Tensor, weight: Tensor, bias: Tensor | None, rates: list[int]) -> Tensor:
-    _check_args(input, weight, bias, rates)
+    torch.ops.deeplabv2_ext.aspp_check_args(rates, weight, bias, input)
     batch, _, height, width = input.shape
     output = input.new_empty((batch, weight.shape[1], height, width))
     return output.contiguous(memory_format=_output_memory_format(input))
@@ -145,7 +137,7 @@ def _aspp_fake(input: Tensor, weight: Tensor, bias: Tensor | None, rates: list[i
 def _aspp_backward_fake(
     grad_output: Tensor, input: Tensor, weight: Tensor, rates: list[int], output_mask: list[bool]
 ) -> tuple[Tensor, Tensor, Tensor]:
-    _check_args(input, weight, None, rates)
+    torch.ops.deeplabv2_ext.aspp_check_args(rates, weight, None, input, grad_output)
     grad_input = (
         torch.empty_like(input, memory_format=_output_memory_format(input))
         if output_mask[0] else input.new_empty((0,))
@@ -213,10 +205,7 @@ class ASPP(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.rates = _as_rates(rates)
-        if not self.rates or any(rate < 1 for rate in self.rates):
-            raise ValueError(f"ASPP: rates must be a non-empty list of positive ints, "
-                             f"got {self.rates}")
+        self.rates = checked_rates(rates)
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"ASPP: in_channels and out_channels must be >= 1, got "
                              f"{in_channels} and {out_channels}")

@@ -1,7 +1,8 @@
 """A short demo of the fused ASPP op on the default device (CUDA when available, else CPU).
 
-It checks the fused op against the classic DeepLabV2 head (R parallel nn.Conv2d, summed) built
-from the same weights, then times both, forward and forward+backward, and prints the ratios.
+It checks the fused op against the classic DeepLabV2 head (deeplabv2.models.ConvASPP: R parallel
+nn.Conv2d, summed) with the same weights, then times both, forward and forward+backward, and
+prints the ratios.
 
     python python/aspp_demo.py [--device cpu|cuda] [--dtype float32|bfloat16] [--repeats 20]
 """
@@ -18,23 +19,13 @@ from torch import nn
 
 import deeplabv2_ext
 from deeplabv2_ext import ASPP
+from deeplabv2.models import ConvASPP
 
 # (N, C, H, W, K): S1 of the benchmarks on GPU (DeepLabV2 training, batch 10, 321x321 crops),
 # a smaller map on CPU.
 GPU_SHAPE = (10, 2048, 41, 41, 21)
 CPU_SHAPE = (2, 512, 33, 33, 21)
 RATES = (6, 12, 18, 24)
-
-
-class ClassicASPP(nn.Module):
-    """The reference head: one nn.Conv2d per rate, outputs summed."""
-
-    def __init__(self, convs: list[nn.Conv2d]) -> None:
-        super().__init__()
-        self.convs = nn.ModuleList(convs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(conv(x) for conv in self.convs)
 
 
 def median_ms(step: Callable[[], None], device: torch.device, repeats: int) -> float:
@@ -71,8 +62,9 @@ def main() -> None:
           f"N={n} C={c} {h}x{w} K={k} rates={RATES}")
 
     torch.manual_seed(0)
-    convs = [nn.Conv2d(c, k, 3, padding=r, dilation=r) for r in RATES]
-    classic = ClassicASPP(convs).to(device, dtype)
+    classic = ConvASPP(c, k, RATES).to(device, dtype)
+    for conv in classic.convs:  # nn.Conv2d's default init: outputs of a useful size
+        conv.reset_parameters()
     fused = ASPP.from_convs(classic.convs)
     x = torch.randn(n, c, h, w, device=device, dtype=dtype)
 

@@ -1,6 +1,7 @@
 """Correctness tests for deeplabv2_ext (fused ASPP = sum of R dilated 3x3 convolutions).
 
-The reference is plain PyTorch in float64: sum_r F.conv2d(x, w[r], b[r], padding=d_r, dilation=d_r).
+The reference is deeplabv2_ext.aspp.aspp_reference in float64:
+sum_r F.conv2d(x, w[r], b[r], padding=d_r, dilation=d_r).
 Every check runs on "cpu" and, when a GPU is present, on "cuda" (parametrisations marked
 ``cuda`` are skipped by tests/conftest.py when torch.cuda.is_available() is False).
 """
@@ -18,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import deeplabv2_ext
 from deeplabv2_ext import ASPP, aspp
 from deeplabv2_ext._C import ASPP_MAX_RATES
+from deeplabv2_ext.aspp import aspp_reference
 from deeplabv2_ext._extension import cpu_aspp_row_blocks
 
 import cuda_stream_checks
@@ -82,19 +84,11 @@ def precision_ctx(dtype, device):
 
 
 def reference_forward(x, w, b, rates):
-    """Sum of per-branch F.conv2d in float64 (inputs are detached float64 copies)."""
+    """aspp_reference (per-branch F.conv2d, summed) on detached float64 copies of the inputs."""
     x64 = x.detach().to(torch.float64)
     w64 = w.detach().to(torch.float64)
     b64 = None if b is None else b.detach().to(torch.float64)
-    return _ref(x64, w64, b64, rates)
-
-
-def _ref(x, w, b, rates):
-    out = None
-    for r, d in enumerate(rates):
-        y = F.conv2d(x, w[r], None if b is None else b[r], padding=d, dilation=d)
-        out = y if out is None else out + y
-    return out
+    return aspp_reference(x64, w64, b64, rates)
 
 
 def reference_with_grads(x, w, b, rates, grad_out):
@@ -102,7 +96,7 @@ def reference_with_grads(x, w, b, rates, grad_out):
     x64 = x.detach().to(torch.float64).requires_grad_()
     w64 = w.detach().to(torch.float64).requires_grad_()
     b64 = None if b is None else b.detach().to(torch.float64).requires_grad_()
-    out = _ref(x64, w64, b64, rates)
+    out = aspp_reference(x64, w64, b64, rates)
     leaves = [x64, w64] + ([b64] if b64 is not None else [])
     grads = torch.autograd.grad(out, leaves, grad_out.detach().to(torch.float64), allow_unused=True)
     grads = list(grads) + ([None] if b64 is None else [])
@@ -750,7 +744,7 @@ def test_autocast_mixed_dtypes_more_rates_than_one_call(device, amp_dtype):
     with torch.autocast(device_type=device, dtype=amp_dtype):
         out = aspp(x, w, b, rates)
     assert out.dtype == amp_dtype
-    ref = _ref(x.double(), w.to(amp_dtype).double(), b.to(amp_dtype).double(), rates)
+    ref = aspp_reference(x.double(), w.to(amp_dtype).double(), b.to(amp_dtype).double(), rates)
     assert_close(out, ref, RTOL[amp_dtype])
 
 
@@ -946,6 +940,104 @@ def test_rates_must_be_a_sequence_of_ints(rates):
 def test_module_rejects_bad_rates():
     with pytest.raises(ValueError, match="(?i)positive"):
         ASPP(3, 2, rates=(0, 1))(torch.randn(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="non-empty"):
+        ASPP(3, 2, rates=())
+    with pytest.raises(TypeError, match="sequence of ints"):
+        ASPP(3, 2, rates=b"\x01")
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_inputs_fake(name):
+    """The fake kernel (tracing, torch.compile) raises what the op raises: it runs the op's own
+    checks (aspp_check_args) on fake tensors, whose data does not exist."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    make, exc, pattern = BAD[name]
+    x, w, b, rates = make()
+    with FakeTensorMode() as mode:
+        fakes = [None if t is None else mode.from_tensor(t) for t in (x, w, b)]
+        with pytest.raises(exc, match=f"(?i){pattern}"):
+            OPS.aspp(*fakes, list(rates))
+
+
+@pytest.mark.parametrize("dims,message", [((1, 0, 5, 5, 2), "channel counts"),
+                                          ((1, 3, 0, 5, 2), "height and width")], ids=["C0", "H0"])
+def test_zero_sizes_raise_in_the_fake_kernel(dims, message):
+    N, C, H, W, K = dims
+    x, w = torch.empty(N, C, H, W, device="meta"), torch.empty(2, K, C, 3, 3, device="meta")
+    with pytest.raises(ValueError, match=message):
+        OPS.aspp(x, w, None, [1, 2])
+
+
+def test_bad_grad_output_shape_fake_backward():
+    """The backward's fake kernel checks grad_output's shape like the kernels do."""
+    x, w = torch.empty(2, 3, 5, 5, device="meta"), torch.empty(2, 4, 3, 3, 3, device="meta")
+    OPS.aspp_backward(torch.empty(2, 4, 5, 5, device="meta"), x, w, [1, 2], [True, True, True])
+    with pytest.raises(ValueError, match=r"grad_output must have shape \[N, K, H, W\]"):
+        OPS.aspp_backward(torch.empty(2, 4, 5, 4, device="meta"), x, w, [1, 2], [True, True, True])
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("one_rate_too_few", f"len\\(rates\\) must equal .* = {ASPP_MAX_RATES + 2}, got "
+                         f"{ASPP_MAX_RATES + 1} rates"),
+    ("rate_zero", "positive integers, got \\[1, 2, 3, 1,"),
+    ("bias_wrong_R", f"bias must have shape \\[R, K\\] = \\[{ASPP_MAX_RATES + 2}, 2\\]"),
+    ("weight_5x5", "3x3"),
+])
+def test_many_branches_bad_structure(problem, message):
+    """More rates than one op call takes: the whole call's branch structure is checked before
+    the split (by the op's check), so a mismatch is named with the whole call's sizes, not with
+    those of the group whose op call would meet it."""
+    R = ASPP_MAX_RATES + 2
+    rates = [1 + (i % 3) for i in range(R)]
+    x = torch.randn(1, 3, 5, 5)
+    w, b = make_params(R, 2, 3, torch.float32, "cpu")
+    if problem == "one_rate_too_few":
+        rates = rates[:-1]
+    elif problem == "rate_zero":
+        rates[-1] = 0
+    elif problem == "bias_wrong_R":
+        b = b[:-1]
+    else:
+        w = torch.randn(R, 2, 3, 5, 5)
+    with pytest.raises(ValueError, match=message):
+        aspp(x, w, b, rates)
+
+
+def test_check_args_reads_metadata_only():
+    """aspp_check_args, the checks of the op, takes meta tensors (no data) at every level: rates
+    alone, the branches, the forward and the backward arguments."""
+    x, w = torch.empty(2, 3, 5, 5, device="meta"), torch.empty(2, 4, 3, 3, 3, device="meta")
+    b, go = torch.empty(2, 4, device="meta"), torch.empty(2, 4, 5, 5, device="meta")
+    OPS.aspp_check_args([1, 2])
+    OPS.aspp_check_args([1, 2], w, b)
+    OPS.aspp_check_args([1, 2], w, b, x)
+    OPS.aspp_check_args([1, 2], w, None, x, go)
+    with pytest.raises(ValueError, match="non-empty"):
+        OPS.aspp_check_args([])
+    with pytest.raises(ValueError, match="too large"):
+        OPS.aspp_check_args([2**31])
+    with pytest.raises(ValueError, match="len\\(rates\\)"):
+        OPS.aspp_check_args([1], w, b)
+    with pytest.raises(TypeError, match="same dtype"):
+        OPS.aspp_check_args([1, 2], w, b, x.double())
+    with pytest.raises(ValueError, match="grad_output"):
+        OPS.aspp_check_args([1, 2], w, None, x, go[:, :3])
+    with pytest.raises(RuntimeError, match="need weight"):
+        OPS.aspp_check_args([1, 2], None, None, x)
+
+
+def test_reference_takes_stacked_or_per_branch_parameters():
+    """aspp_reference, the one reference: the sum of F.conv2d per branch, from [R, ...] tensors
+    or from R separate ones (the parameters of R nn.Conv2d)."""
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    w, b = make_params(3, 4, 3, torch.float64, "cpu")
+    rates = (1, 2, 5)
+    expected = sum(F.conv2d(x, w[r], b[r], padding=d, dilation=d) for r, d in enumerate(rates))
+    torch.testing.assert_close(aspp_reference(x, w, b, rates), expected, rtol=0, atol=0)
+    torch.testing.assert_close(aspp_reference(x, list(w), list(b), rates), expected, rtol=0, atol=0)
+    no_bias = sum(F.conv2d(x, w[r], padding=d, dilation=d) for r, d in enumerate(rates))
+    torch.testing.assert_close(aspp_reference(x, w, None, rates), no_bias, rtol=0, atol=0)
 
 
 def test_cuda_kernels_available_is_bool():

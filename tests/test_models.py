@@ -438,6 +438,39 @@ def test_head_parameters_live_under_aspp():
         assert head == expected and head
 
 
+def test_conv_aspp_is_the_op_reference():
+    """ConvASPP sums its convolutions with deeplabv2_ext's one ASPP reference: the same numbers
+    as the fused op's reference on the stacked parameters (and as the convs called one by one)."""
+    from deeplabv2_ext.aspp import aspp_reference
+
+    head = ConvASPP(4, 3, (1, 3)).double()
+    with torch.no_grad():
+        for conv in head.convs:
+            conv.weight.normal_()
+            conv.bias.normal_()
+    x = torch.randn(2, 4, 7, 9, dtype=torch.float64)
+    stacked = (torch.stack([c.weight for c in head.convs]), torch.stack([c.bias for c in head.convs]))
+    with torch.no_grad():
+        out = head(x)
+        assert torch.equal(out, aspp_reference(x, *stacked, head.rates))
+        assert torch.equal(out, head.convs[0](x) + head.convs[1](x))
+
+
+@pytest.mark.parametrize("rates, error, match", [
+    ((), ValueError, "non-empty"),
+    ((6, 0), ValueError, "positive"),
+    ((6, 1.5), TypeError, "sequence of ints"),
+])
+def test_heads_check_rates_alike(rates, error, match):
+    """The fused head, the reference head and DeepLabV2 check rates with the op's one check;
+    DeepLabV2 reports a rate of the wrong type as a ValueError, like its other bad arguments."""
+    for head in (ASPP, ConvASPP):
+        with pytest.raises(error, match=match):
+            head(4, 3, rates)
+    with pytest.raises(ValueError, match=match):
+        _model(rates=rates)
+
+
 def test_conv_aspp_init():
     head = ConvASPP(64, 7, (6, 12))
     assert [conv.dilation for conv in head.convs] == [(6, 6), (12, 12)]

@@ -233,6 +233,13 @@ at::Tensor tap_gemm(const at::Tensor& x, int64_t n, const at::Tensor& group_weig
   return b.channels_last ? at::mm(pixels, group_weight.t()) : at::mm(group_weight, pixels);
 }
 
+// The CPU kernel's own limits, on top of check_forward_args / check_backward_args (which put
+// every tensor on input's device): the tensors are on the CPU. It takes any number of rates.
+void check_cpu_args(const at::Tensor& input) {
+  TORCH_CHECK_VALUE(input.device().is_cpu(), "aspp: the CPU kernel got a tensor on ",
+                    input.device());
+}
+
 // Calls visit(group_weight [U_g*K, C], ShiftBlock) for every row group and row block.
 template <typename Visit>
 void for_each_block(const TapLayout& layout, const at::Tensor& w_taps, int64_t K, int64_t H,
@@ -253,8 +260,7 @@ void for_each_block(const TapLayout& layout, const at::Tensor& w_taps, int64_t K
 at::Tensor aspp_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, at::IntArrayRef rates) {
   check_forward_args(input, weight, bias, rates);
-  TORCH_CHECK_VALUE(input.device().is_cpu(), "aspp: the CPU kernel got a tensor on ",
-                    input.device());
+  check_cpu_args(input);
   const auto memory_format = output_memory_format(input);
   const bool channels_last = memory_format == at::MemoryFormat::ChannelsLast;
   const int64_t N = input.size(0), H = input.size(2), W = input.size(3);
@@ -294,8 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef rates, std::array<bool, 3> output_mask) {
   check_backward_args(grad_output, input, weight, rates);
-  TORCH_CHECK_VALUE(input.device().is_cpu(), "aspp_backward: the CPU kernel got a tensor on ",
-                    input.device());
+  check_cpu_args(input);
   const auto memory_format = output_memory_format(input);
   const bool channels_last = memory_format == at::MemoryFormat::ChannelsLast;
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);

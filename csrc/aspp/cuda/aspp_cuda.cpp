@@ -1,10 +1,10 @@
 // CUDA implementation of deeplabv2_ext::aspp / aspp_backward (torch-facing glue).
 //
-// Validates the arguments, allocates the outputs (output / grad_input in
-// output_memory_format(input)), a weight-sized workspace (packed weights or fp32 / fp64 gradient
-// accumulators) and fills the torch-free parameter structs of aspp_kernel.cuh. The kernels read
-// every tensor through its strides (NCHW, channels_last or arbitrary), so no activation-sized copy
-// is ever made. float32 uses TF32 tensor cores iff cuDNN convolutions may
+// Checks the arguments (the op's checks, then the CUDA limits), allocates the outputs (output /
+// grad_input in output_memory_format(input)), a weight-sized workspace (packed weights or fp32 /
+// fp64 gradient accumulators) and fills the torch-free parameter structs of aspp_kernel.cuh. The
+// kernels read every tensor through its strides (NCHW, channels_last or arbitrary), so no
+// activation-sized copy is ever made. float32 uses TF32 tensor cores iff cuDNN convolutions may
 // (at::globalContext().allowTF32CuDNN(at::Float32Op::CONV), as conv2d asks).
 #include "../aspp.h"
 #include "aspp_kernel.cuh"
@@ -48,54 +48,36 @@ void copy_strides(int64_t (&dst)[D], const at::Tensor& t) {
   for (size_t i = 0; i < D; ++i) dst[i] = t.stride(static_cast<int64_t>(i));
 }
 
-void check_on_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK(t.is_cuda(), "aspp (CUDA): ", name, " must be a CUDA tensor");
-  TORCH_CHECK(t.device() == ref.device(), "aspp (CUDA): ", name, " is on ", t.device(),
-              " but input is on ", ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "aspp (CUDA): ", name, " has dtype ",
-              t.scalar_type(), " but input has dtype ", ref.scalar_type());
-}
-
 struct Sizes {
   int64_t N;
   int C, H, W, K, R;
 };
 
-Sizes checked_sizes(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef rates) {
-  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
-  TORCH_CHECK_VALUE(!rates.empty() && static_cast<int64_t>(rates.size()) <= kAsppMaxRates,
+// The CUDA kernels' own limits, on top of check_forward_args / check_backward_args (which put
+// every tensor on input's device and check shapes and rates): the tensors are on a CUDA device,
+// and the sizes are those the launchers take (they return cudaErrorInvalidValue otherwise).
+// Returns the sizes as the params structs hold them.
+Sizes checked_cuda_sizes(const at::Tensor& input, const at::Tensor& weight,
+                         at::IntArrayRef rates) {
+  TORCH_CHECK(input.is_cuda(), "aspp (CUDA): input must be a CUDA tensor, got one on ",
+                    input.device());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(rates.size()) <= kAsppMaxRates,
                     "aspp (CUDA): one call of the op takes 1 to ", kAsppMaxRates,
                     " rates (branches), got ", rates.size(),
                     "; deeplabv2_ext.aspp() splits more rates into several calls");
-  Sizes s;
-  s.N = input.size(0);
-  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
-  const int64_t K = weight.size(1), R = weight.size(0);
-  TORCH_CHECK(s.N <= kIntMax, "aspp (CUDA): the batch size N must fit in int32, got ", s.N);
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t K = weight.size(1);
+  TORCH_CHECK(N <= kIntMax, "aspp (CUDA): the batch size N must fit in int32, got ", N);
   // Channel blocks of >= 32 per grid row, and gridDim.y <= 65535 (fp64 uses blocks of 32).
   constexpr int64_t kMaxChannels = int64_t(65535) * 32;
   TORCH_CHECK(C <= kMaxChannels && K <= kMaxChannels, "aspp (CUDA): C and K must be at most ",
               kMaxChannels, ", got C = ", C, " and K = ", K);
   TORCH_CHECK(H < kAsppMaxSpatial && W < kAsppMaxSpatial, "aspp (CUDA): H and W must be < ",
-              kAsppMaxSpatial);
-  TORCH_CHECK(H * W <= kIntMax, "aspp (CUDA): H * W must fit in int32");
-  TORCH_CHECK(R == static_cast<int64_t>(rates.size()), "aspp (CUDA): weight has ", R,
-              " branches but ", rates.size(), " rates were given");
-  s.C = static_cast<int>(C);
-  s.H = static_cast<int>(H);
-  s.W = static_cast<int>(W);
-  s.K = static_cast<int>(K);
-  s.R = static_cast<int>(R);
-  return s;
-}
-
-// A rate >= max(H, W) is equivalent to max(H, W) (off-centre taps fully outside the map).
-void copy_rates(int (&dst)[kAsppMaxRates], at::IntArrayRef rates, int H, int W) {
-  const int64_t cap = H > W ? H : W;
-  for (size_t i = 0; i < rates.size(); ++i) {
-    TORCH_CHECK(rates[i] >= 1, "aspp (CUDA): rates must be >= 1, got ", rates[i]);
-    dst[i] = static_cast<int>(rates[i] < cap ? rates[i] : cap);
-  }
+              kAsppMaxSpatial, ", got ", H, " x ", W);
+  TORCH_CHECK(H * W <= kIntMax, "aspp (CUDA): H * W must fit in int32, got ", H, " x ", W);
+  return Sizes{N, static_cast<int>(C), static_cast<int>(H), static_cast<int>(W),
+               static_cast<int>(K), static_cast<int>(rates.size())};
 }
 
 // The fields every params struct shares: sizes, rates, dtype and the TF32 switch (float32 uses
@@ -110,7 +92,8 @@ void set_problem(Params& p, const Sizes& s, at::IntArrayRef rates, DType dtype) 
   p.W = s.W;
   p.K = s.K;
   p.R = s.R;
-  copy_rates(p.rates, rates, s.H, s.W);
+  // As given (checked to fit in int): the launchers clamp rates to the map themselves.
+  for (int r = 0; r < s.R; ++r) p.rates[r] = static_cast<int>(rates[r]);
   p.dtype = dtype;
   p.allow_tf32 =
       dtype == DType::kFloat32 && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
@@ -123,11 +106,8 @@ at::Tensor make_workspace(size_t bytes, const at::Tensor& like) {
 at::Tensor aspp_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, at::IntArrayRef rates) {
   check_forward_args(input, weight, bias, rates);
-  TORCH_CHECK(input.is_cuda(), "aspp (CUDA): input must be a CUDA tensor");
-  check_on_device(weight, input, "weight");
+  const Sizes s = checked_cuda_sizes(input, weight, rates);
   const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) check_on_device(*bias, input, "bias");
-  const Sizes s = checked_sizes(input, weight, rates);
 
   c10::cuda::CUDAGuard guard(input.device());
   at::Tensor output =
@@ -158,10 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> aspp_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef rates, std::array<bool, 3> output_mask) {
   check_backward_args(grad_output, input, weight, rates);
-  TORCH_CHECK(input.is_cuda(), "aspp (CUDA): input must be a CUDA tensor");
-  check_on_device(weight, input, "weight");
-  check_on_device(grad_output, input, "grad_output");
-  const Sizes s = checked_sizes(input, weight, rates);
+  const Sizes s = checked_cuda_sizes(input, weight, rates);
 
   c10::cuda::CUDAGuard guard(input.device());
   const bool need_input = output_mask[0];

@@ -21,12 +21,15 @@ from deeplabv2.models.resizing import (
 from deeplabv2.models.resnet import BACKBONES, ResNet
 from deeplabv2.models.weights import load_weights
 from deeplabv2_ext import ASPP
+from deeplabv2_ext.aspp import aspp_reference, checked_rates
 
 logger = logging.getLogger(__name__)
 
 
 class ConvASPP(nn.Module):
-    """The reference ASPP head: R ``nn.Conv2d`` (3x3, dilation = padding = rate, bias), summed.
+    """The reference ASPP head: R ``nn.Conv2d`` (3x3, dilation = padding = rate, bias), summed
+    by ``deeplabv2_ext.aspp.aspp_reference`` (the op's one reference, which the tests and the
+    benchmarks use too).
 
     Same function, initialisation (weights N(0, 0.01^2), biases 0) and rates as the fused
     ``deeplabv2_ext.ASPP``; branch r is ``convs[r]`` (the fused op's ``weight[r]``, ``bias[r]``).
@@ -34,7 +37,7 @@ class ConvASPP(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int]) -> None:
         super().__init__()
-        self.rates = tuple(rates)
+        self.rates = checked_rates(rates)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.convs = nn.ModuleList(
@@ -46,7 +49,8 @@ class ConvASPP(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return sum(conv(x) for conv in self.convs)
+        return aspp_reference(x, [conv.weight for conv in self.convs],
+                              [conv.bias for conv in self.convs], self.rates)
 
 
 class DeepLabV2(nn.Module):
@@ -189,11 +193,13 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 def _check_head(num_classes: int, rates: Sequence[int]) -> None:
+    """Before the backbone is built: a positive num_classes, and rates as the heads take them."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if (not rates or isinstance(rates, (str, bytes))
-            or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
-        raise ValueError(f"rates must be a non-empty sequence of positive ints, got {rates!r}")
+    try:
+        checked_rates(rates)
+    except TypeError as error:  # a config error, reported as the other bad values are
+        raise ValueError(str(error)) from None
 
 
 def _check_resizing_of_scales(resizing: str, scales: Sequence[float]) -> None:
