@@ -35,12 +35,6 @@ void check_lattice_args(const at::Tensor& features) {
   }
 }
 
-void check_filter_values(const at::Tensor& values, const char* op) {
-  TORCH_CHECK_VALUE(values.dim() == 3, op, ": values must be 3-D [N, P, V], got ", values.sizes());
-  TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble, op,
-                   ": values must be float32 or float64, got ", values.scalar_type());
-}
-
 Lattice::Lattice(at::TensorList tensors, size_t k, const char* op) {
   TORCH_CHECK_VALUE((k + 1) * kLatticeTensors <= tensors.size(), op, ": lattice ", k,
                     " is missing: a lattice is ", static_cast<int>(kLatticeTensors), " tensors (",
@@ -156,6 +150,16 @@ LatticeView Lattice::view() const {
   v.M = M();
   v.D = D();
   return v;
+}
+
+Lattice check_filter_args(const at::Tensor& values, at::TensorList lattice_tensors) {
+  constexpr const char* op = "permutohedral_filter";
+  TORCH_CHECK_VALUE(values.dim() == 3, op, ": values must be 3-D [N, P, V], got ", values.sizes());
+  TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble, op,
+                   ": values must be float32 or float64, got ", values.scalar_type());
+  Lattice lattice = Lattice::one(lattice_tensors, op);
+  lattice.check_matches(values, "values", op);
+  return lattice;
 }
 
 std::vector<Lattice> check_mean_field_args(const at::Tensor& unary, at::TensorList lattices,

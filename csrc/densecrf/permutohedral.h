@@ -59,9 +59,6 @@ constexpr double kMaxFeatureMagnitude = 1e6;
 // kMaxFeatureMagnitude: reads the data).
 void check_lattice_args(const at::Tensor& features);
 
-// TORCH_CHECKs the values of permutohedral_filter: [N, P, V] float32 or float64.
-void check_filter_values(const at::Tensor& values, const char* op);
-
 // The tensors of one lattice, in the order permutohedral_lattice returns them and the filter and
 // mean-field ops take them (the one definition of that order: deeplabv2_ext._C.LATTICE_TENSORS
 // exports the names, and deeplabv2_ext.densecrf.PermutohedralLattice checks its fields against
@@ -134,6 +131,10 @@ struct MeanFieldScales {
 };
 MeanFieldScales mean_field_scales(const Lattice& lattice, const at::Tensor& ones_filtered,
                                   c10::string_view normalization, double potts_weight);
+
+// TORCH_CHECKs the arguments of permutohedral_filter (values [N, P, V] float32 or float64, one
+// lattice that matches them) and returns the lattice (not yet checked for index ranges).
+Lattice check_filter_args(const at::Tensor& values, at::TensorList lattice);
 
 // TORCH_CHECKs the arguments of dense_crf_mean_field other than the lattices and returns the
 // lattices (checked against unary, not yet for index ranges).

@@ -394,9 +394,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohe
 at::Tensor permutohedral_filter_cpu(const at::Tensor& values, at::TensorList lattice_tensors,
                                     bool reverse) {
   constexpr const char* op = "permutohedral_filter";
-  check_filter_values(values, op);
-  const Lattice lattice = Lattice::one(lattice_tensors, op);
-  lattice.check_matches(values, "values", op);
+  const Lattice lattice = check_filter_args(values, lattice_tensors);
   TORCH_CHECK_VALUE(values.device().is_cpu(), op, ": the CPU kernel got values on ",
                     values.device());
   auto out = at::empty(values.sizes(), values.options());

@@ -111,9 +111,7 @@ FilterParams filter_params(const Lattice& lattice, int64_t V) {
 at::Tensor permutohedral_filter_cuda(const at::Tensor& values, at::TensorList lattice_tensors,
                                      bool reverse) {
   constexpr const char* op = "permutohedral_filter";
-  check_filter_values(values, op);
-  const Lattice lattice = Lattice::one(lattice_tensors, op);
-  lattice.check_matches(values, "values", op);
+  const Lattice lattice = check_filter_args(values, lattice_tensors);
   TORCH_CHECK_VALUE(values.is_cuda(), op, ": the CUDA kernel got values on ", values.device());
   c10::cuda::CUDAGuard guard(values.device());
   check_entry_count(lattice.N(), lattice.P(), lattice.D(), op);  // before any allocation
