@@ -7,11 +7,23 @@
 #include "deeplabv2_ext.h"
 #include "densecrf/cpu/lattice_loops.h"
 #include "densecrf/cpu/permutohedral_kernel.h"
+#include "densecrf/permutohedral.h"
+#include "densecrf/permutohedral_math.h"
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "deeplabv2_ext native operators (fused ASPP, DenseCRF)";
   // The most rates one call of the CUDA ASPP op takes (deeplabv2_ext.aspp splits more).
   m.attr("ASPP_MAX_RATES") = deeplabv2_ext::aspp::kAsppMaxRates;
+  // The limits and the lattice layout of the DenseCRF ops (deeplabv2_ext.densecrf reads them).
+  namespace densecrf = deeplabv2_ext::densecrf;
+  m.attr("MAX_LATTICE_DIM") = densecrf::kMaxLatticeDim;
+  m.attr("MEAN_FIELD_MAX_LABELS") = densecrf::kMeanFieldMaxLabels;
+  pybind11::tuple lattice_tensors(static_cast<size_t>(densecrf::kLatticeTensors));
+  for (int i = 0; i < densecrf::kLatticeTensors; ++i) {
+    lattice_tensors[i] = pybind11::str(densecrf::kLatticeTensorNames[i]);
+  }
+  // The tensors of one lattice, in the order the ops take and return them.
+  m.attr("LATTICE_TENSORS") = lattice_tensors;
   m.def("cuda_kernels_available", &deeplabv2_ext::cuda_kernels_available,
         "Whether this build of deeplabv2_ext contains its CUDA kernels.");
 

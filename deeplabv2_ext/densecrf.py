@@ -37,19 +37,24 @@ import torch
 from torch import Tensor, nn
 
 import deeplabv2_ext._extension  # noqa: F401  (registers torch.ops.deeplabv2_ext.*)
+from deeplabv2_ext import _C
 
 NORMALIZATIONS = ("symmetric", "after", "none")
-_MAX_FEATURE_DIM = 16
-_MEAN_FIELD_MAX_LABELS = 256  # kMeanFieldMaxLabels of the C++ op
+_MAX_FEATURE_DIM: int = _C.MAX_LATTICE_DIM
+_MEAN_FIELD_MAX_LABELS: int = _C.MEAN_FIELD_MAX_LABELS
 # The fused CPU loop visits pixels in 64x64 blocks (and, inside a block, in bilateral-lattice
-# order), which keeps the Gaussian kernel's reads local (measured ~15% per iteration at 512²).
+# order), which keeps the Gaussian kernel's reads local.
 _LOOP_TILE = 64
 # The largest batch of points whose Gaussian lattice is kept between calls (~170 MB).
 _GAUSSIAN_LATTICE_CACHE_POINTS = 1 << 22
 
 
 class PermutohedralLattice(NamedTuple):
-    """A lattice built by ``build_lattice``: vertices of each point, weights, blur neighbours."""
+    """A lattice built by ``build_lattice``: vertices of each point, weights, blur neighbours.
+
+    The fields are the op's lattice tensors in the op's order (``_C.LATTICE_TENSORS``, defined by
+    ``LatticeTensor`` in csrc/densecrf/permutohedral.h; checked at import), so ``list(lattice)``
+    is the ``Tensor[] lattice`` argument of ``permutohedral_filter``."""
 
     vertex_index: Tensor  # [N, P, D+1] int32, global over the batch
     vertex_weight: Tensor  # [N, P, D+1] float32 barycentric weights
@@ -57,13 +62,33 @@ class PermutohedralLattice(NamedTuple):
     splat_offsets: Tensor  # [M+1] int32: CSR over vertices of the entries that touch them
     splat_entries: Tensor  # [N*P*(D+1)] int32
 
+    @staticmethod
+    def flatten(lattices: Sequence[PermutohedralLattice]) -> list[Tensor]:
+        """The ``Tensor[] lattices`` argument of ``dense_crf_mean_field``: the tensors of lattice
+        0 in field order, then those of lattice 1, ..."""
+        return [tensor for lattice in lattices for tensor in lattice]
+
+    @classmethod
+    def unflatten(cls, tensors: Sequence[Tensor]) -> list[PermutohedralLattice]:
+        """The inverse of ``flatten``."""
+        size = len(cls._fields)
+        if len(tensors) % size:
+            raise ValueError(f"a lattice is {size} tensors, got {len(tensors)} tensors")
+        return [cls(*tensors[i:i + size]) for i in range(0, len(tensors), size)]
+
     def filter(self, values: Tensor, reverse: bool = False) -> Tensor:
         """Splat, blur and slice ``values`` [N, V, P]; differentiable w.r.t. values."""
         return self.filter_points(values.transpose(1, 2), reverse).transpose(1, 2)
 
     def filter_points(self, values: Tensor, reverse: bool = False) -> Tensor:
         """``filter`` for point-major ``values`` [N, P, V] (the op's native layout)."""
-        return torch.ops.deeplabv2_ext.permutohedral_filter(values, *self, reverse)
+        return torch.ops.deeplabv2_ext.permutohedral_filter(values, list(self), reverse)
+
+
+if PermutohedralLattice._fields != tuple(_C.LATTICE_TENSORS):
+    raise ImportError(f"deeplabv2_ext.densecrf.PermutohedralLattice has the fields "
+                      f"{PermutohedralLattice._fields}, the C++ ops the lattice tensors "
+                      f"{_C.LATTICE_TENSORS}")
 
 
 def build_lattice(features: Tensor) -> PermutohedralLattice:
@@ -92,22 +117,20 @@ def _lattice_fake(features: Tensor) -> tuple[Tensor, ...]:
 
 
 @torch.library.register_fake("deeplabv2_ext::permutohedral_filter")
-def _filter_fake(values: Tensor, vertex_index: Tensor, vertex_weight: Tensor,
-                 blur_neighbors: Tensor, splat_offsets: Tensor, splat_entries: Tensor,
-                 reverse: bool) -> Tensor:
+def _filter_fake(values: Tensor, lattice: list[Tensor], reverse: bool) -> Tensor:
     return values.new_empty(values.shape)
 
 
 def _filter_setup_context(ctx, inputs: tuple, output: Tensor) -> None:
-    ctx.save_for_backward(*inputs[1:-1])
-    ctx.reverse = inputs[-1]
+    _, lattice, ctx.reverse = inputs
+    ctx.save_for_backward(*lattice)
 
 
 def _filter_backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
     # The adjoint of splat-blur-slice is the same lattice with the blur axes in reverse order.
     grad_values = torch.ops.deeplabv2_ext.permutohedral_filter(
-        grad_output.contiguous(), *ctx.saved_tensors, not ctx.reverse)
-    return (grad_values,) + (None,) * 6
+        grad_output.contiguous(), list(ctx.saved_tensors), not ctx.reverse)
+    return grad_values, [None] * len(ctx.saved_tensors), None  # the structure of the inputs
 
 
 torch.library.register_autograd("deeplabv2_ext::permutohedral_filter", _filter_backward,
@@ -152,10 +175,10 @@ class PairwiseTerm:
         batch, points = lattice.vertex_index.shape[:2]
         device = lattice.vertex_index.device
         normalizer = None
-        if normalization != "none":
+        if normalization != "none":  # the C++ ops' normaliser of K(1) (kernel_normalizer)
             ones = torch.ones(batch, points, 1, dtype=dtype, device=device)
-            response = lattice.filter_points(ones) + 1e-20
-            normalizer = response.rsqrt() if normalization == "symmetric" else response.reciprocal()
+            normalizer = torch.ops.deeplabv2_ext.permutohedral_normalizer(
+                lattice.filter_points(ones), normalization)
         if isinstance(compatibility, (int, float)):
             compatibility = float(compatibility)
         else:
@@ -257,7 +280,7 @@ def gaussian_lattice(batch: int, height: int, width: int, sxy: float,
     """The lattice of ``gaussian_features``. It depends only on the sizes, ``sxy`` and the
     device, so the last one built for at most 2^22 points (about 40 bytes each) is kept
     (``_cached_gaussian_lattice.cache_clear()`` frees it): calls on images of one size build it
-    once (35 ms at 512x512 on one CPU core)."""
+    once."""
     if torch.compiler.is_compiling() or batch * height * width > _GAUSSIAN_LATTICE_CACHE_POINTS:
         return build_lattice(gaussian_features(batch, height, width, sxy, device))
     return _cached_gaussian_lattice(batch, height, width, float(sxy), torch.device(device))
@@ -449,15 +472,13 @@ def fused_mean_field(unary: Tensor, lattices: Sequence[PermutohedralLattice],
         kernel_compatibility = torch.stack([
             compatibility_matrix(as_tensor(c), labels, unary.device, torch.float32)
             if is_potts(c) else as_tensor(c) for c in compatibilities])
-    lattice_lists = [list(field) for field in zip(*lattices)] if lattices else [[]] * 5
     return torch.ops.deeplabv2_ext.dense_crf_mean_field(
-        unary, *lattice_lists, kernel_compatibility, point_groups, iterations, normalization)
+        unary, PermutohedralLattice.flatten(lattices), kernel_compatibility, point_groups,
+        iterations, normalization)
 
 
 @torch.library.register_fake("deeplabv2_ext::dense_crf_mean_field")
-def _mean_field_fake(unary: Tensor, vertex_index: list[Tensor], vertex_weight: list[Tensor],
-                     blur_neighbors: list[Tensor], splat_offsets: list[Tensor],
-                     splat_entries: list[Tensor], compatibility: Tensor,
+def _mean_field_fake(unary: Tensor, lattices: list[Tensor], compatibility: Tensor,
                      point_groups: Tensor | None, iterations: int, normalization: str) -> Tensor:
     return unary.new_empty(unary.shape)
 

@@ -760,5 +760,5 @@ def test_cuda_too_many_lattice_entries_raise():
                torch.zeros(1, dtype=torch.int32, device="cuda").expand(2 * points))
     with pytest.raises(ValueError, match="lattice entries exceed the supported"):
         torch.ops.deeplabv2_ext.permutohedral_filter(torch.zeros(1, 1, 1, device="cuda").expand(1, points, 1),
-                                                     *lattice, False)
+                                                     list(lattice), False)
     torch.cuda.empty_cache()

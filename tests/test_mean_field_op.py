@@ -145,8 +145,8 @@ def _op_args(unary_nchw, image, groups=None):
     lattices = [crf.build_lattice(crf.gaussian_features(batch, height, width, 3.0, image.device)),
                 crf.build_lattice(crf.bilateral_features(image, 67.0, 3.0))]
     unary = unary_nchw.reshape(batch, labels, -1)  # label-major [N, L, P]
-    lists = [list(field) for field in zip(*lattices)]
-    return (unary, *lists, torch.tensor([3.0, 4.0], device=image.device), groups, 5, "symmetric")
+    return (unary, crf.PermutohedralLattice.flatten(lattices),
+            torch.tensor([3.0, 4.0], device=image.device), groups, 5, "symmetric")
 
 
 def test_point_groups_only_change_rounding():
@@ -297,7 +297,7 @@ def test_opcheck_mean_field(device):
     args = _op_args(unary, image)
     torch.library.opcheck(ops.dense_crf_mean_field, args)
     matrix_args = list(args)
-    matrix_args[6] = torch.randn(2, 4, 4, device=device)
+    matrix_args[2] = torch.randn(2, 4, 4, device=device)
     torch.library.opcheck(ops.dense_crf_mean_field, tuple(matrix_args))
 
 
@@ -318,23 +318,25 @@ def test_mean_field_op_bad_inputs(device):
         (_bad(args, 0, torch.zeros(1, 300, 72, device=device)), ValueError, "labels"),
         (_bad(args, 0, args[0][..., :10]), ValueError, "does not match"),
         (_bad(args, 0, args[0][0]), ValueError, "3-D"),
-        (_bad(args, 1, args[1][:1]), ValueError, "one entry per kernel"),
-        (_bad(args, 6, torch.tensor([1.0, 2.0, 3.0], device=device)), ValueError, "compatibility"),
-        (_bad(args, 6, torch.zeros(2, 3, 4, device=device)), ValueError, "compatibility"),
-        (_bad(args, 7, torch.zeros(5, dtype=torch.int32, device=device)), ValueError, "point_groups"),
-        (_bad(args, 7, torch.zeros(72, dtype=torch.int64, device=device)), TypeError, "point_groups"),
-        (_bad(args, 7, torch.full((72,), 99, dtype=torch.int32, device=device)), ValueError, "point_groups"),
+        (_bad(args, 1, args[1][:-1]), ValueError, "5 tensors per lattice"),
+        (_bad(args, 1, args[1][1:] + args[1][:1]), ValueError, "vertex_index and vertex_weight"),  # shifted
+        (_bad(args, 2, torch.tensor([1.0, 2.0, 3.0], device=device)), ValueError, "compatibility"),
+        (_bad(args, 2, torch.zeros(2, 3, 4, device=device)), ValueError, "compatibility"),
+        (_bad(args, 3, torch.zeros(5, dtype=torch.int32, device=device)), ValueError, "point_groups"),
+        (_bad(args, 3, torch.zeros(72, dtype=torch.int64, device=device)), TypeError, "point_groups"),
+        (_bad(args, 3, torch.full((72,), 99, dtype=torch.int32, device=device)), ValueError, "point_groups"),
         (_bad(args, 0, args[0].clone().index_fill_(2, torch.tensor([40], device=device), float("nan"))), ValueError, "NaN or Inf"),
         (_bad(args, 0, args[0].clone().index_fill_(1, torch.tensor([2], device=device), -float("inf"))), ValueError, "NaN or Inf"),
-        (_bad(args, 8, -1), ValueError, "iterations"),
-        (_bad(args, 9, "before"), ValueError, "normalization"),
+        (_bad(args, 4, -1), ValueError, "iterations"),
+        (_bad(args, 5, "before"), ValueError, "normalization"),
     ]
-    tampered_index = [t.clone() for t in args[1]]
-    tampered_index[1][0, 0, 0] = 10**6
+    fields = crf.PermutohedralLattice._fields
+    tampered_index = [t.clone() for t in args[1]]  # the second lattice's vertex_index
+    tampered_index[len(fields) + fields.index("vertex_index")][0, 0, 0] = 10**6
     cases.append((_bad(args, 1, tampered_index), ValueError, "out of range"))
-    tampered_neighbours = [t.clone() for t in args[3]]
-    tampered_neighbours[0][0, 0, 0] = -5
-    cases.append((_bad(args, 3, tampered_neighbours), ValueError, "out of range"))
+    tampered_neighbours = [t.clone() for t in args[1]]  # the first lattice's blur_neighbors
+    tampered_neighbours[fields.index("blur_neighbors")][0, 0, 0] = -5
+    cases.append((_bad(args, 1, tampered_neighbours), ValueError, "out of range"))
     for bad_args, error, message in cases:
         with pytest.raises(error, match=message):
             ops.dense_crf_mean_field(*bad_args)
@@ -344,7 +346,7 @@ def test_mean_field_op_bad_inputs(device):
 def test_empty_batch_and_zero_iterations(device):
     image = photo_batch(1, 8, 9).to(device)
     unary = smooth_unary(1, 3, 8, 9).to(device)
-    q0 = ops.dense_crf_mean_field(*_bad(_op_args(unary, image), 8, 0))
+    q0 = ops.dense_crf_mean_field(*_bad(_op_args(unary, image), 4, 0))
     torch.testing.assert_close(q0, torch.softmax(_op_args(unary, image)[0], 1), rtol=0,
                                atol=1e-6)
     with torch.no_grad():

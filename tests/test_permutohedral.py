@@ -540,10 +540,75 @@ def test_opcheck_filter():
         for dtype in (torch.float32, torch.float64):
             # the raw op's values are point-major [N, P, V] (csrc/densecrf/permutohedral.h)
             v = torch.randn(1, 30, 3, dtype=dtype)
-            torch.library.opcheck(ops.permutohedral_filter, (v, *lat, reverse))
+            torch.library.opcheck(ops.permutohedral_filter, (v, list(lat), reverse))
 
 
 def test_opcheck_lattice():
     # data-dependent vertex count: the fake kernel needs an unbacked size; the schema and the
     # real kernel are checked either way
     torch.library.opcheck(ops.permutohedral_lattice, (image_like_features(1, 6, 5, sxy=2.0, srgb=20.0),), test_utils=("test_schema",))
+
+
+# ---------------------------------------------------------------- one lattice type, one order
+def test_lattice_layout_and_limits_come_from_the_ops():
+    """PermutohedralLattice's fields are the C++ order of the lattice tensors (LatticeTensor in
+    csrc/densecrf/permutohedral.h), and the Python limits are the C++ ones."""
+    from deeplabv2_ext import _C
+    assert crf.PermutohedralLattice._fields == _C.LATTICE_TENSORS
+    assert crf._MAX_FEATURE_DIM == _C.MAX_LATTICE_DIM == 16
+    assert crf._MEAN_FIELD_MAX_LABELS == _C.MEAN_FIELD_MAX_LABELS == 256
+    with pytest.raises(ValueError, match=r"feature dimension D must be in \[1, 16\], got D = 17"):
+        ops.permutohedral_lattice(torch.zeros(1, _C.MAX_LATTICE_DIM + 1, 4))
+    assert not crf.fused_mean_field_supports(torch.device("cpu"), _C.MEAN_FIELD_MAX_LABELS + 1)
+    assert crf.fused_mean_field_supports(torch.device("cpu"), _C.MEAN_FIELD_MAX_LABELS)
+
+
+def test_flatten_unflatten_round_trip():
+    lattices = [lattice(torch.randn(2, 2, 7)), lattice(torch.randn(2, 5, 7))]
+    flat = crf.PermutohedralLattice.flatten(lattices)
+    assert len(flat) == 2 * len(crf.PermutohedralLattice._fields)
+    assert flat[len(crf.PermutohedralLattice._fields)] is lattices[1].vertex_index
+    back = crf.PermutohedralLattice.unflatten(flat)
+    assert all(isinstance(b, crf.PermutohedralLattice) for b in back)
+    assert all(x is y for b, a in zip(back, lattices) for x, y in zip(b, a))
+    assert crf.PermutohedralLattice.unflatten([]) == []
+    with pytest.raises(ValueError, match="a lattice is 5 tensors"):
+        crf.PermutohedralLattice.unflatten(flat[:-1])
+
+
+def test_raw_filter_takes_one_lattice():
+    lat = lattice(torch.randn(1, 2, 6))
+    values = torch.randn(1, 6, 2)
+    with pytest.raises(ValueError, match="a lattice is 5 tensors, got 4"):
+        ops.permutohedral_filter(values, list(lat)[:4], False)
+    with pytest.raises(ValueError, match="a lattice is 5 tensors, got 10"):
+        ops.permutohedral_filter(values, list(lat) * 2, False)
+    with pytest.raises(ValueError, match="vertex_index and vertex_weight must both be"):
+        ops.permutohedral_filter(values, [lat.vertex_index, lat.vertex_weight[:, :1], *lat[2:]],
+                                 False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normalizer_op(dtype):
+    """permutohedral_normalizer, the one definition of the normalisers (also used by both
+    devices' mean-field ops): pydensecrf's (K(1) + 1e-20)^-1/2 and (K(1) + 1e-20)^-1."""
+    ones_filtered = torch.tensor([0.0, 1e-30, 0.5, 1.0, 4.0, 1234.5], dtype=dtype)
+    shifted = ones_filtered + 1e-20
+    assert torch.equal(ops.permutohedral_normalizer(ones_filtered, "symmetric"), shifted.rsqrt())
+    assert torch.equal(ops.permutohedral_normalizer(ones_filtered, "after"), shifted.reciprocal())
+    assert torch.isfinite(ops.permutohedral_normalizer(ones_filtered, "after")).all()
+    for bad in ("none", "before"):
+        with pytest.raises(ValueError, match="normalization must be"):
+            ops.permutohedral_normalizer(ones_filtered, bad)
+    with pytest.raises(TypeError, match="floating point"):
+        ops.permutohedral_normalizer(torch.ones(3, dtype=torch.int32), "after")
+    torch.library.opcheck(ops.permutohedral_normalizer, (ones_filtered.reshape(2, 3, 1), "after"))
+
+
+def test_pairwise_term_uses_the_normalizer_op():
+    lat = lattice(image_like_features(1, 6, 5, sxy=2.0, srgb=20.0))
+    ones = torch.ones(1, 30, 1)
+    for normalization in ("symmetric", "after"):
+        term = crf.PairwiseTerm.from_lattice(lat, 1.0, normalization, 3)
+        expected = ops.permutohedral_normalizer(lat.filter_points(ones), normalization)
+        assert torch.equal(term.normalizer, expected)

@@ -7,9 +7,11 @@ its alignment within its storage (harness.to_buffer).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
+
+from deeplabv2_ext.densecrf import PermutohedralLattice
 
 from .harness import Device, Result, device_dtype, from_bytes, poison_buffer, span, to_buffer
 
@@ -74,12 +76,7 @@ def aspp_wgrad(dev: Device, grad_output: torch.Tensor, input_: torch.Tensor, wei
     return grad_weight, grad_bias, result
 
 
-class Lattice(NamedTuple):
-    vertex_index: torch.Tensor  # [N, P, D+1] int32
-    vertex_weight: torch.Tensor  # [N, P, D+1] float32
-    blur_neighbors: torch.Tensor  # [D+1, M, 2] int32
-    splat_offsets: torch.Tensor  # [M+1] int32
-    splat_entries: torch.Tensor  # [N*P*(D+1)] int32
+Lattice = PermutohedralLattice  # the tensors of permutohedral_lattice, in the ops' order
 
 
 def lattice(dev: Device, features: torch.Tensor, *, seed: int = 0, hash_capacity: int = 0,

@@ -93,7 +93,7 @@ def test_constant_colour_long_vertex_lists(asan_device, points):
     assert int(torch.diff(dev.splat_offsets).max()) == points
     values = torch.randn(1, points, 3, dtype=torch.float64)
     out, _ = ops.filter_(asan_device, values, dev)
-    expected = OPS.permutohedral_filter(values, *cpu, False)
+    expected = OPS.permutohedral_filter(values, list(cpu), False)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -143,7 +143,7 @@ def test_filter_matches_cpu(asan_device, dtype, V, reverse):
     dev, _, _ = ops.lattice(asan_device, features)
     values = torch.randn(2, 56, V, dtype=dtype, generator=torch.Generator().manual_seed(V))
     out, result = ops.filter_(asan_device, values, dev, reverse=reverse)
-    expected = OPS.permutohedral_filter(values, *cpu_lattice(features), reverse)
+    expected = OPS.permutohedral_filter(values, list(cpu_lattice(features)), reverse)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
     kernels = result.kernels()
@@ -174,23 +174,23 @@ def test_filter_traps_on_a_bad_plan(asan_device):
 def device_mean_field(dev, unary: torch.Tensor, lattices: list[ops.Lattice], potts: list[float], iterations: int,
                       normalization: str, seed: int = 0) -> torch.Tensor:
     """The loop of dense_crf_mean_field_cuda (permutohedral_cuda.cpp) with its filter launches
-    on the device: per kernel the normaliser (the filter of ones) folded with the Potts weight
-    into splat and slice weights; per iteration energy = unary + sum_k slice(blur(splat(Q)));
+    on the device: per kernel the filter of ones and from it the splat and slice weights of
+    mean_field_scales (the normaliser of the permutohedral_normalizer op, the slice constant
+    and the Potts weight); per iteration energy = unary + sum_k slice(blur(splat(Q)));
     Q = softmax(energy). Its ATen parts (softmax, the copies) run in torch here."""
     N, L, P = unary.shape
     weights = []
     for lat, w in zip(lattices, potts):
         vw = lat.vertex_weight
+        D = vw.shape[2] - 1
+        alpha = torch.tensor(1.0) / (1.0 + 2.0 ** -D)  # slice_alpha(D) in float32
         if normalization == "none":
-            weights.append((vw, vw * w))
+            weights.append((vw, vw * (alpha * w)))
             continue
         response, _ = ops.filter_(dev, torch.ones(N, P, 1), lat, seed=seed)
-        response = response + 1e-20
-        if normalization == "symmetric":
-            scale = response.rsqrt()
-            weights.append(((vw * scale).contiguous(), (vw * scale * w).contiguous()))
-        else:
-            weights.append((vw, (vw * response.reciprocal() * w).contiguous()))
+        scale = OPS.permutohedral_normalizer(response, normalization)
+        splat = (vw * scale).contiguous() if normalization == "symmetric" else vw
+        weights.append((splat, (vw * (scale * alpha * w)).contiguous()))
     unary_points = unary.transpose(1, 2).contiguous()
     q = torch.softmax(unary_points, -1)
     for _ in range(iterations):
@@ -212,6 +212,6 @@ def test_mean_field_matches_cpu_op(asan_device, normalization):
     dev_lattices = [ops.lattice(asan_device, f)[0] for f in (gaussian, bilateral)]
     q = device_mean_field(asan_device, unary, dev_lattices, potts, 3, normalization)
     cpu = [cpu_lattice(f) for f in (gaussian, bilateral)]
-    expected = OPS.dense_crf_mean_field(unary, *[list(x) for x in zip(*cpu)], torch.tensor(potts), None, 3,
+    expected = OPS.dense_crf_mean_field(unary, ops.Lattice.flatten(cpu), torch.tensor(potts), None, 3,
                                         normalization)
     torch.testing.assert_close(q, expected, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@
 
 #include "../permutohedral_math.h"
 #include "lattice_loops.h"
+#include "scratch_array.h"
 
 #if defined(__x86_64__) && defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)

@@ -11,6 +11,7 @@
 
 #include "../permutohedral_math.h"
 #include "lattice_loops.h"
+#include "scratch_array.h"
 
 #define DLV2_LOOPS_ISA isa_default
 #include "lattice_loops_impl.h"

@@ -11,6 +11,7 @@ namespace deeplabv2_ext::densecrf::cpu {
   void filter_f32(const LatticeView&, const float*, float*, int64_t, bool);                  \
   void filter_f64(const LatticeView&, const double*, double*, int64_t, bool);                \
   void mean_field(const MeanFieldArgs&);                                                     \
+  void filter_ones(const LatticeView&, float*);                                              \
   }
 DLV2_DECLARE_LOOPS(isa_default)
 DLV2_DECLARE_LOOPS(isa_avx2)
@@ -48,6 +49,11 @@ void filter(const LatticeView& lattice, const float* in, float* out, int64_t V, 
 void filter(const LatticeView& lattice, const double* in, double* out, int64_t V, bool reverse) {
   if (using_avx2()) return isa_avx2::filter_f64(lattice, in, out, V, reverse);
   isa_default::filter_f64(lattice, in, out, V, reverse);
+}
+
+void filter_ones(const LatticeView& lattice, float* response) {
+  if (using_avx2()) return isa_avx2::filter_ones(lattice, response);
+  isa_default::filter_ones(lattice, response);
 }
 
 void mean_field(const MeanFieldArgs& args) {

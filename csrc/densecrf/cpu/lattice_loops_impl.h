@@ -4,42 +4,94 @@
 // compiled for that ISA. Uses only plain loops and memcpy (no std algorithms, whose shared
 // inline instantiations would otherwise be compiled for one ISA and used by the other).
 //
-// Every value row is `lanes` floats wide (a multiple of 8) so that the inner loops are whole
-// vectors; one random access to a vertex serves all its values, which is what bounds the time.
+// Every value row is `lanes` values wide so that the inner loops are whole vectors; one random
+// access to a vertex serves all its values, which is what bounds the time. Lattice buffers hold
+// vertex i in row i + 1; row 0 is the zero row that stands for an absent blur neighbour.
 
 namespace deeplabv2_ext::densecrf::cpu::DLV2_LOOPS_ISA {
 
 // Largest row width of the fused mean-field loop (labels are padded up to a multiple of 8).
 constexpr int kMaxLanes = 256;
 
-// One blur step along `axis`: blurred[i] = values[i] + (values[n1] + values[n2]) / 2, rows of
-// kLanes values offset by one (row 0 is the zero row that stands for an absent neighbour).
-template <int kLanes, typename scalar_t>
-void blur_axis(const scalar_t* values, scalar_t* blurred, const int32_t* axis_neighbors,
-               int64_t num_vertices) {
-  constexpr int width = kLanes;
-  at::parallel_for(0, num_vertices, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const scalar_t* old_value = values + (i + 1) * width;
-      const scalar_t* n1 = values + (static_cast<int64_t>(axis_neighbors[2 * i]) + 1) * width;
-      const scalar_t* n2 = values + (static_cast<int64_t>(axis_neighbors[2 * i + 1]) + 1) * width;
-      scalar_t* new_value = blurred + (i + 1) * width;
-      for (int l = 0; l < width; ++l) {
-        new_value[l] = old_value[l] + scalar_t(0.5) * (n1[l] + n2[l]);
-      }
-    }
-  });
+// Rows of float are handled as vectors of 8 (GCC/Clang vector extensions: one AVX register in
+// the AVX2 build, two SSE registers in the baseline build), so the code is vectorised whatever
+// the compiler's loop vectoriser decides.
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef int32_t Vec8i __attribute__((vector_size(32)));
+constexpr int kMaxVecs = kMaxLanes / 8;
+
+#define DLV2_INLINE inline __attribute__((always_inline))
+
+DLV2_INLINE Vec8 load8(const float* p) {
+  Vec8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+DLV2_INLINE void store8(float* p, Vec8 v) { std::memcpy(p, &v, sizeof v); }
+DLV2_INLINE Vec8 splat8(float x) { return Vec8{} + x; }
+
+// Rows are read in an order the hardware prefetcher cannot guess: the mean-field loops ask for
+// the row they will need this many items ahead.
+constexpr int kPrefetchDistance = 8;
+// The mean-field splat's Q rows mostly come from DRAM (Q, in the loop's point order, is the
+// largest array): it prefetches further ahead (benchmarks/NOTES.md, issue 19 section).
+constexpr int kSplatPrefetchDistance = 32;
+
+// Prefetch the cache lines of a row of `width` floats: one prefetch per 16 floats and one for
+// the last float cover every line the row touches (a 24-float row at a 32-byte offset spans
+// two lines); with a compile-time width the loop unrolls.
+DLV2_INLINE void prefetch_row(const float* row, int64_t width) {
+  for (int64_t offset = 0; offset < width; offset += 16) __builtin_prefetch(row + offset);
+  __builtin_prefetch(row + width - 1);
 }
 
-// Blurs along all d+1 axes (0..d, or d..0 when reverse), ping-ponging between the two buffers;
-// returns the one holding the result.
-template <int kLanes, typename scalar_t>
-scalar_t* blur_all_axes(scalar_t* values, scalar_t* blurred, const int32_t* blur_neighbors,
-                        int64_t num_vertices, int d, bool reverse) {
-  for (int step = 0; step <= d; ++step) {
-    const int axis = reverse ? d - step : step;
-    blur_axis<kLanes>(values, blurred, blur_neighbors + static_cast<int64_t>(axis) * num_vertices * 2,
-                      num_vertices);
+template <typename T>
+constexpr bool kIsFloat = false;
+template <>
+constexpr bool kIsFloat<float> = true;
+
+// ---------------------------------------------------------------------------------------------
+// The blur of every CPU path (the filter op, the normaliser's filter of ones, the mean-field
+// loop): along all D+1 axes (0..D, or D..0 when reverse), per axis
+//   blurred[i] = values[i] + (values[n1] + values[n2]) / 2,
+// ping-ponging between the two buffers; returns the one holding the result. Rows are `width`
+// values: kLanes when kLanes > 0, else the run-time `width` (float, a multiple of 8). With
+// kPrefetch the neighbour rows kPrefetchDistance vertices ahead are prefetched (the mean-field
+// loop's rows of up to 256 floats; the filter op's narrow rows do without).
+template <int kLanes, bool kPrefetch, typename scalar_t>
+scalar_t* blur(const LatticeView& lattice, scalar_t* values, scalar_t* blurred, int64_t width,
+               bool reverse) {
+  static_assert(kLanes > 0 || kIsFloat<scalar_t>, "run-time row widths are float rows");
+  if (kLanes > 0) width = kLanes;
+  const int64_t M = lattice.M;
+  for (int step = 0; step <= lattice.D; ++step) {
+    const int axis = reverse ? lattice.D - step : step;
+    const int32_t* neighbors = lattice.blur_neighbors + static_cast<int64_t>(axis) * M * 2;
+    at::parallel_for(0, M, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        if constexpr (kPrefetch) {
+          if (i + kPrefetchDistance < end) {
+            const int64_t ahead = i + kPrefetchDistance;
+            prefetch_row(values + (static_cast<int64_t>(neighbors[2 * ahead]) + 1) * width, width);
+            prefetch_row(values + (static_cast<int64_t>(neighbors[2 * ahead + 1]) + 1) * width,
+                         width);
+          }
+        }
+        const scalar_t* old_value = values + (i + 1) * width;
+        const scalar_t* n1 = values + (static_cast<int64_t>(neighbors[2 * i]) + 1) * width;
+        const scalar_t* n2 = values + (static_cast<int64_t>(neighbors[2 * i + 1]) + 1) * width;
+        scalar_t* new_value = blurred + (i + 1) * width;
+        if constexpr (kIsFloat<scalar_t> && kLanes % 8 == 0) {
+          for (int64_t l = 0; l < width; l += 8) {
+            store8(new_value + l, load8(old_value + l) + 0.5f * (load8(n1 + l) + load8(n2 + l)));
+          }
+        } else {
+          for (int l = 0; l < kLanes; ++l) {
+            new_value[l] = old_value[l] + scalar_t(0.5) * (n1[l] + n2[l]);
+          }
+        }
+      }
+    });
     scalar_t* t = values;
     values = blurred;
     blurred = t;
@@ -50,12 +102,33 @@ scalar_t* blur_all_axes(scalar_t* values, scalar_t* blurred, const int32_t* blur
 // ---------------------------------------------------------------------------------------------
 // The permutohedral filter op: values [points, V] in chunks of kLanes values.
 
+// Slice of the blurred rows `result` into out[p, first + l], l < width, for every point p:
+// sum_r (vertex_weight * alpha) * row(vertex_index), in the v2 code's order.
+template <int kLanes, typename scalar_t>
+void slice_rows(const LatticeView& lat, const scalar_t* result, scalar_t* out, int64_t V,
+                int64_t first, int width) {
+  const int d = lat.D;
+  const scalar_t alpha = static_cast<scalar_t>(slice_alpha(d));
+  at::parallel_for(0, lat.points(), 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      scalar_t sum[kLanes] = {};
+      for (int r = 0; r <= d; ++r) {
+        const int64_t e = p * (d + 1) + r;
+        const scalar_t w = static_cast<scalar_t>(lat.vertex_weight[e]) * alpha;
+        const scalar_t* src = result + (static_cast<int64_t>(lat.vertex_index[e]) + 1) * kLanes;
+        for (int l = 0; l < kLanes; ++l) sum[l] += w * src[l];
+      }
+      scalar_t* dst = out + p * V + first;
+      for (int l = 0; l < width; ++l) dst[l] = sum[l];
+    }
+  });
+}
+
 template <int kLanes, typename scalar_t>
 void filter_chunk(const LatticeView& lat, const scalar_t* in, scalar_t* out, int64_t V,
                   int64_t first, int width, bool reverse, scalar_t* values, scalar_t* blurred) {
-  const int d = lat.d;
-  const PointOfEntry point_of(static_cast<uint32_t>(d + 1));
-  at::parallel_for(0, lat.num_vertices, 1024, [&](int64_t begin, int64_t end) {
+  const PointOfEntry point_of(static_cast<uint32_t>(lat.D + 1));
+  at::parallel_for(0, lat.M, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       scalar_t sum[kLanes] = {};
       for (int32_t k = lat.splat_offsets[i]; k < lat.splat_offsets[i + 1]; ++k) {
@@ -72,28 +145,14 @@ void filter_chunk(const LatticeView& lat, const scalar_t* in, scalar_t* out, int
       for (int l = 0; l < kLanes; ++l) row[l] = sum[l];
     }
   });
-  const scalar_t* result =
-      blur_all_axes<kLanes>(values, blurred, lat.blur_neighbors, lat.num_vertices, d, reverse);
-  const scalar_t alpha = static_cast<scalar_t>(slice_alpha(d));
-  at::parallel_for(0, lat.points, 1024, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      scalar_t sum[kLanes] = {};
-      for (int r = 0; r <= d; ++r) {
-        const int64_t e = p * (d + 1) + r;
-        const scalar_t w = static_cast<scalar_t>(lat.vertex_weight[e]) * alpha;
-        const scalar_t* src = result + (static_cast<int64_t>(lat.vertex_index[e]) + 1) * kLanes;
-        for (int l = 0; l < kLanes; ++l) sum[l] += w * src[l];
-      }
-      scalar_t* dst = out + p * V + first;
-      for (int l = 0; l < width; ++l) dst[l] = sum[l];
-    }
-  });
+  const scalar_t* result = blur<kLanes, false>(lat, values, blurred, kLanes, reverse);
+  slice_rows<kLanes>(lat, result, out, V, first, width);
 }
 
 template <int kLanes, typename scalar_t>
 void filter_in_chunks(const LatticeView& lat, const scalar_t* in, scalar_t* out, int64_t V,
                       bool reverse) {
-  const auto rows = static_cast<size_t>((lat.num_vertices + 1) * kLanes);
+  const auto rows = static_cast<size_t>((lat.M + 1) * kLanes);
   std::vector<scalar_t> values(rows, scalar_t(0));
   std::vector<scalar_t> blurred(rows, scalar_t(0));
   for (int64_t first = 0; first < V; first += kLanes) {
@@ -118,41 +177,27 @@ void filter_values(const LatticeView& lat, const scalar_t* in, scalar_t* out, in
   }
 }
 
+// K(1), the filter of the value 1 at every point (the input of the normalisers), into
+// response [points]. The splat scatters each point's weights in point order, so every vertex
+// adds its weights in increasing entry order like the filter op's gather, but reads the weights
+// sequentially instead of through the splat plan; images run in parallel (their vertices are
+// disjoint). Then the filter's blur and slice, one value per vertex.
+void filter_ones_loop(const LatticeView& lat, float* response) {
+  ScratchArray<float> values(static_cast<size_t>(lat.M + 1), 0.0f);
+  ScratchArray<float> blurred(static_cast<size_t>(lat.M + 1));
+  blurred[0] = 0.0f;  // the zero row; the blur writes the others
+  const int64_t image_entries = lat.P * (lat.D + 1);
+  at::parallel_for(0, lat.N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin * image_entries; e < end * image_entries; ++e) {
+      values[lat.vertex_index[e] + 1] += lat.vertex_weight[e];
+    }
+  });
+  const float* result = blur<1, false>(lat, values.data(), blurred.data(), 1, false);
+  slice_rows<1>(lat, result, response, 1, 0, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
-// Fused mean-field inference. Rows are handled as vectors of 8 floats (GCC/Clang vector
-// extensions: one AVX register in the AVX2 build, two SSE registers in the baseline build), so
-// the code is vectorised whatever the compiler's loop vectoriser decides.
-
-typedef float Vec8 __attribute__((vector_size(32)));
-typedef int32_t Vec8i __attribute__((vector_size(32)));
-constexpr int kMaxVecs = kMaxLanes / 8;
-
-#define DLV2_INLINE inline __attribute__((always_inline))
-
-DLV2_INLINE Vec8 load8(const float* p) {
-  Vec8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-DLV2_INLINE void store8(float* p, Vec8 v) { std::memcpy(p, &v, sizeof v); }
-DLV2_INLINE Vec8 splat8(float x) { return Vec8{} + x; }
-
-// Rows are read in an order the hardware prefetcher cannot guess: the loops below ask for the
-// row they will need this many items ahead.
-constexpr int kPrefetchDistance = 8;
-// The splat's Q rows mostly come from DRAM (Q, in the loop's point order, is the largest array):
-// it prefetches further ahead. 8 -> 24 entries measured 534 -> 481 ms for dense_crf at 512x512,
-// L = 21, 1 thread (48 was no better; the blur and slice distances gained nothing from 4, 16 or
-// 24). (The filter op's splat reads its values in point order and gained nothing from it.)
-constexpr int kSplatPrefetchDistance = 32;
-
-// Prefetch the cache lines of a row of `width` floats: one prefetch per 16 floats and one for
-// the last float cover every line the row touches (a 24-float row at a 32-byte offset spans
-// two lines); with a compile-time width the loop unrolls.
-DLV2_INLINE void prefetch_row(const float* row, int64_t width) {
-  for (int64_t offset = 0; offset < width; offset += 16) __builtin_prefetch(row + offset);
-  __builtin_prefetch(row + width - 1);
-}
+// Fused mean-field inference.
 
 // Number of 8-float vectors in a row: compile time for kLanes > 0.
 template <int kLanes>
@@ -235,12 +280,12 @@ void splat_q(const MeanFieldKernel& kernel, const float* q, int lanes) {
   const int vecs = row_vecs<kLanes>(lanes);
   const int64_t width = vecs * 8;
   float* rows = kernel.buffer_a;
-  at::parallel_for(0, kernel.num_vertices, 1024, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, kernel.lattice.M, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       Vec8 sum[kRowVecs<kLanes>];
       for (int v = 0; v < vecs; ++v) sum[v] = Vec8{};
-      for (int32_t k = kernel.splat_offsets[i]; k < kernel.splat_offsets[i + 1]; ++k) {
-        if (k + kSplatPrefetchDistance < kernel.splat_offsets[end]) {
+      for (int32_t k = kernel.lattice.splat_offsets[i]; k < kernel.lattice.splat_offsets[i + 1]; ++k) {
+        if (k + kSplatPrefetchDistance < kernel.lattice.splat_offsets[end]) {
           prefetch_row(
               q + static_cast<int64_t>(kernel.splat_points[k + kSplatPrefetchDistance]) * width,
               width);
@@ -255,40 +300,6 @@ void splat_q(const MeanFieldKernel& kernel, const float* q, int lanes) {
   });
 }
 
-template <int kLanes>
-float* blur_rows(const MeanFieldKernel& kernel, int lanes) {
-  const int vecs = row_vecs<kLanes>(lanes);
-  const int64_t width = vecs * 8;
-  float* values = kernel.buffer_a;
-  float* blurred = kernel.buffer_b;
-  for (int axis = 0; axis <= kernel.d; ++axis) {
-    const int32_t* neighbors = kernel.blur_neighbors + static_cast<int64_t>(axis) *
-                                                           kernel.num_vertices * 2;
-    at::parallel_for(0, kernel.num_vertices, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        if (i + kPrefetchDistance < end) {
-          const int64_t ahead = i + kPrefetchDistance;
-          prefetch_row(values + (static_cast<int64_t>(neighbors[2 * ahead]) + 1) * width, width);
-          prefetch_row(values + (static_cast<int64_t>(neighbors[2 * ahead + 1]) + 1) * width,
-                       width);
-        }
-        const float* old_value = values + (i + 1) * width;
-        const float* n1 = values + (static_cast<int64_t>(neighbors[2 * i]) + 1) * width;
-        const float* n2 = values + (static_cast<int64_t>(neighbors[2 * i + 1]) + 1) * width;
-        float* new_value = blurred + (i + 1) * width;
-        for (int v = 0; v < vecs; ++v) {
-          store8(new_value + v * 8,
-                 load8(old_value + v * 8) + 0.5f * (load8(n1 + v * 8) + load8(n2 + v * 8)));
-        }
-      }
-    });
-    float* t = values;
-    values = blurred;
-    blurred = t;
-  }
-  return values;
-}
-
 // energy of point p: unary plus every kernel's message (lanes beyond `labels` are garbage).
 template <int kLanes>
 DLV2_INLINE void point_energy(const MeanFieldArgs& args, const float* const* filtered, int64_t p,
@@ -299,7 +310,7 @@ DLV2_INLINE void point_energy(const MeanFieldArgs& args, const float* const* fil
   for (int v = 0; v < vecs; ++v) energy[v] = load8(unary + v * 8);
   for (int k = 0; k < args.num_kernels; ++k) {
     const MeanFieldKernel& kernel = args.kernels[k];
-    const int entries = kernel.d + 1;
+    const int entries = kernel.lattice.D + 1;
     const int32_t* vertices = kernel.slice_vertices + p * entries;
     const float* weights = kernel.slice_weights + p * entries;
     Vec8 message[kRowVecs<kLanes>];
@@ -327,8 +338,8 @@ DLV2_INLINE void prefetch_slice(const MeanFieldArgs& args, const float* const* f
                                 int64_t p) {
   for (int k = 0; k < args.num_kernels; ++k) {
     const MeanFieldKernel& kernel = args.kernels[k];
-    const int32_t* vertices = kernel.slice_vertices + p * (kernel.d + 1);
-    for (int r = 0; r <= kernel.d; ++r) {
+    const int32_t* vertices = kernel.slice_vertices + p * (kernel.lattice.D + 1);
+    for (int r = 0; r <= kernel.lattice.D; ++r) {
       prefetch_row(filtered[k] + (static_cast<int64_t>(vertices[r]) + 1) * args.lanes,
                    args.lanes);
     }
@@ -352,7 +363,9 @@ void mean_field_lanes_fixed(const MeanFieldArgs& args) {
   for (int it = 0; it < args.iterations; ++it) {
     for (int k = 0; k < args.num_kernels; ++k) {
       splat_q<kLanes>(args.kernels[k], args.q, args.lanes);
-      filtered[k] = blur_rows<kLanes>(args.kernels[k], args.lanes);
+      const MeanFieldKernel& kernel = args.kernels[k];
+      filtered[k] = blur<kLanes, true>(kernel.lattice, kernel.buffer_a, kernel.buffer_b,
+                                       args.lanes, false);
     }
     at::parallel_for(0, args.points, 256, [&](int64_t begin, int64_t end) {
       Vec8 energy[kRowVecs<kLanes>] = {};
@@ -384,5 +397,8 @@ void filter_f64(const LatticeView& lattice, const double* in, double* out, int64
   filter_values(lattice, in, out, V, reverse);
 }
 void mean_field(const MeanFieldArgs& args) { mean_field_loop(args); }
+void filter_ones(const LatticeView& lattice, float* response) {
+  filter_ones_loop(lattice, response);
+}
 
 }  // namespace deeplabv2_ext::densecrf::cpu::DLV2_LOOPS_ISA

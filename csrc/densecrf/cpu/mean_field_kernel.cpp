@@ -1,16 +1,17 @@
 // CPU kernel of deeplabv2_ext::dense_crf_mean_field: the whole mean-field loop in one op.
 //
 // Setup, once per call:
-//   - the normaliser of each kernel, K(1) filtered with one value per point (v2 code's norm_);
+//   - per kernel, the filter of ones K(1) (cpu::filter_ones) and from it the per-point factors
+//     of mean_field_scales (permutohedral.h: normalisers, slice constant, Potts weight; the same
+//     definition as the CUDA op's);
 //   - a point order: points sorted by their group (point_groups, e.g. 64x64 pixel blocks), then
 //     by the smallest vertex they touch in the largest lattice. Vertices are numbered in key
 //     order (permutohedral_lattice), so consecutive points then read and write nearby vertex
-//     rows in splat and slice (measured 1.4x on the bilateral filter at 512x512 together with
-//     the vertex order), and the blocks keep a spatial kernel's rows local; unary and Q live in
-//     this order;
+//     rows in splat and slice, and the blocks keep a spatial kernel's rows local; unary and Q
+//     live in this order;
 //   - per kernel, a splat plan (the op's CSR over vertices with each entry's permuted point and
-//     its weight, times the normaliser for "symmetric") and a slice plan (per point its d+1
-//     vertices and weights times the slice constant, the normaliser and, for Potts, the weight).
+//     its weight, vertex_weight * scales.splat) and a slice plan (per point its d+1 vertices and
+//     weights, vertex_weight * scales.slice).
 // unary [N, L, P] (label-major, NCHW flattened) is copied into [points, lanes] rows in the loop's
 // order in blocks of points (so neither side is read with a large stride; the copy also checks
 // that unary is finite), and Q is copied back
@@ -38,96 +39,14 @@
 namespace deeplabv2_ext::densecrf {
 namespace {
 
-// The permutohedral_lattice tensors of one kernel, made contiguous.
-struct KernelLattice {
-  at::Tensor vertex_index, vertex_weight, blur_neighbors, splat_offsets, splat_entries;
-  int d;
-  int64_t num_vertices;
-};
-
-// Per-point factors of the normalisation: splat weights are multiplied by splat_scale[p] and
-// slice weights by slice_scale[p] (both 1 for "none").
-struct Normaliser {
-  cpu::ScratchArray<float> splat_scale, slice_scale;
-};
-
-// K 1: the filter of the value 1 at every point (pydensecrf's norm_ before inversion), with one
-// float per vertex. The splat scatters each point's barycentric weights in point order, so every
-// vertex adds its weights in increasing entry order like the filter op's gather, but reads the
-// weights sequentially instead of through the splat plan; images run in parallel (their vertices
-// are disjoint). Then the blur along axes 0..d and the slice. (Replacing the filter op's loops
-// by this took the op's setup at 512x512, L = 21, 1 thread from 63-72 to 57-62 ms, fastest of
-// 15 calls in alternating processes; the normalisers now take 3-4 ms (Gaussian) and 8-11 ms
-// (bilateral).)
-cpu::ScratchArray<float> filter_of_ones(const KernelLattice& lattice, int64_t N, int64_t P) {
-  const int entries = lattice.d + 1;
-  const int64_t M = lattice.num_vertices;
-  const int32_t* index = lattice.vertex_index.data_ptr<int32_t>();
-  const float* weight = lattice.vertex_weight.data_ptr<float>();
-  // Row i + 1 holds vertex i; row 0 is the zero of an absent blur neighbour.
-  cpu::ScratchArray<float> values(static_cast<size_t>(M + 1), 0.0f);
-  cpu::ScratchArray<float> blurred(static_cast<size_t>(M + 1), 0.0f);
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin * P * entries; e < end * P * entries; ++e) {
-      values[index[e] + 1] += weight[e];
-    }
-  });
-  float* source = values.data();
-  float* target = blurred.data();
-  for (int axis = 0; axis <= lattice.d; ++axis) {
-    const int32_t* neighbors = lattice.blur_neighbors.data_ptr<int32_t>() + axis * M * 2;
-    at::parallel_for(0, M, 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        target[i + 1] = source[i + 1] +
-                        0.5f * (source[neighbors[2 * i] + 1] + source[neighbors[2 * i + 1] + 1]);
-      }
-    });
-    std::swap(source, target);
-  }
-  const float alpha = slice_alpha(lattice.d);
-  cpu::ScratchArray<float> response(static_cast<size_t>(N * P));
-  at::parallel_for(0, N * P, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      float sum = 0.0f;
-      for (int r = 0; r < entries; ++r) {
-        const int64_t e = p * entries + r;
-        sum += (weight[e] * alpha) * source[index[e] + 1];
-      }
-      response[p] = sum;
-    }
-  });
-  return response;
-}
-
-Normaliser normaliser(const KernelLattice& lattice, int64_t N, int64_t P,
-                      c10::string_view normalization) {
-  const int64_t points = N * P;
-  Normaliser result{cpu::ScratchArray<float>(static_cast<size_t>(points), 1.0f),
-                    cpu::ScratchArray<float>(static_cast<size_t>(points), 1.0f)};
-  if (normalization == "none") return result;
-  const cpu::ScratchArray<float> response = filter_of_ones(lattice, N, P);
-  const bool symmetric = normalization == "symmetric";
-  at::parallel_for(0, points, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const float r = response[p] + 1e-20f;
-      if (symmetric) {
-        result.splat_scale[p] = result.slice_scale[p] = 1.0f / std::sqrt(r);
-      } else {
-        result.slice_scale[p] = 1.0f / r;
-      }
-    }
-  });
-  return result;
-}
-
 // position[p] of every point in the loop's order: sorted (stably) by the smallest vertex that
 // point p touches in `lattice` (a counting sort over vertices).
-cpu::ScratchArray<int32_t> point_positions(const KernelLattice& lattice, int64_t points,
+cpu::ScratchArray<int32_t> point_positions(const LatticeView& lattice, int64_t points,
                                            const at::Tensor& point_groups) {
-  const int entries = lattice.d + 1;
-  const int32_t* index = lattice.vertex_index.data_ptr<int32_t>();
+  const int entries = lattice.D + 1;
+  const int32_t* index = lattice.vertex_index;
   cpu::ScratchArray<int32_t> first(static_cast<size_t>(points));
-  std::vector<int64_t> bucket(static_cast<size_t>(lattice.num_vertices) + 1, 0);
+  std::vector<int64_t> bucket(static_cast<size_t>(lattice.M) + 1, 0);
   for (int64_t p = 0; p < points; ++p) {
     int32_t smallest = index[p * entries];
     for (int r = 1; r < entries; ++r) smallest = std::min(smallest, index[p * entries + r]);
@@ -160,15 +79,14 @@ struct KernelPlan {
   cpu::ScratchArray<float> splat_weights, slice_weights, buffer_a, buffer_b;
 };
 
-KernelPlan kernel_plan(const KernelLattice& lattice, const Normaliser& norm,
-                       const cpu::ScratchArray<int32_t>& position, int64_t points,
-                       float potts_weight, int lanes) {
-  const int entries = lattice.d + 1;
+KernelPlan kernel_plan(const LatticeView& lattice, const MeanFieldScales& scales,
+                       const cpu::ScratchArray<int32_t>& position, int64_t points, int lanes) {
+  const int entries = lattice.D + 1;
   const int64_t total = points * entries;
-  const int32_t* index = lattice.vertex_index.data_ptr<int32_t>();
-  const float* weight = lattice.vertex_weight.data_ptr<float>();
-  const int32_t* splat_entries = lattice.splat_entries.data_ptr<int32_t>();
-  const auto rows = static_cast<size_t>((lattice.num_vertices + 1) * lanes);
+  const int32_t* index = lattice.vertex_index;
+  const float* weight = lattice.vertex_weight;
+  const int32_t* splat_entries = lattice.splat_entries;
+  const auto rows = static_cast<size_t>((lattice.M + 1) * lanes);
   KernelPlan plan{cpu::ScratchArray<int32_t>(static_cast<size_t>(total)),
                   cpu::ScratchArray<int32_t>(static_cast<size_t>(total)),
                   cpu::ScratchArray<float>(static_cast<size_t>(total)),
@@ -177,19 +95,21 @@ KernelPlan kernel_plan(const KernelLattice& lattice, const Normaliser& norm,
   // Row 0 is the zero row of absent blur neighbours; the loops write every other row first.
   std::fill_n(plan.buffer_a.data(), lanes, 0.0f);
   std::fill_n(plan.buffer_b.data(), lanes, 0.0f);
-  const float alpha = slice_alpha(lattice.d);
+  // (a splat scale of 1 would multiply by 1: no scale leaves the weights as they are)
+  const float* splat_scale = scales.splat.defined() ? scales.splat.data_ptr<float>() : nullptr;
+  const float* slice_scale = scales.slice.data_ptr<float>();
   const cpu::PointOfEntry point_of(static_cast<uint32_t>(entries));
   at::parallel_for(0, total, 16384, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int32_t e = splat_entries[k];
       const int64_t p = point_of(static_cast<uint32_t>(e));
       plan.splat_points[k] = position[p];
-      plan.splat_weights[k] = weight[e] * norm.splat_scale[p];
+      plan.splat_weights[k] = splat_scale != nullptr ? weight[e] * splat_scale[p] : weight[e];
     }
   });
   at::parallel_for(0, points, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const float scale = alpha * norm.slice_scale[p] * potts_weight;
+      const float scale = slice_scale[p];
       const int64_t to = static_cast<int64_t>(position[p]) * entries;
       for (int r = 0; r < entries; ++r) {
         plan.slice_vertices[to + r] = index[p * entries + r];
@@ -265,14 +185,12 @@ void rows_to_output(const float* rows, int64_t N, int64_t P, int labels, int lan
   });
 }
 
-at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vertex_index,
-                                    at::TensorList vertex_weight, at::TensorList blur_neighbors,
-                                    at::TensorList splat_offsets, at::TensorList splat_entries,
+at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList lattice_tensors,
                                     const at::Tensor& compatibility,
                                     const c10::optional<at::Tensor>& point_groups,
                                     int64_t iterations, c10::string_view normalization) {
-  check_mean_field_args(unary, vertex_index, vertex_weight, blur_neighbors, splat_offsets,
-                        splat_entries, compatibility, point_groups, iterations, normalization);
+  const std::vector<Lattice> checked = check_mean_field_args(
+      unary, lattice_tensors, compatibility, point_groups, iterations, normalization);
   TORCH_CHECK_VALUE(unary.device().is_cpu(), "dense_crf_mean_field: the CPU kernel got unary on ",
                     unary.device());
   const int64_t N = unary.size(0), P = unary.size(2), points = N * P;
@@ -280,18 +198,14 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
   at::Tensor out = at::empty({N, labels, P}, unary.options());
   if (points == 0) return out;
   const int lanes = cpu::mean_field_lanes(labels);
-  const size_t num_kernels = vertex_index.size();
+  const size_t num_kernels = checked.size();
 
-  std::vector<KernelLattice> lattices;
-  for (size_t k = 0; k < num_kernels; ++k) {
-    KernelLattice lattice{vertex_index[k].contiguous(), vertex_weight[k].contiguous(),
-                          blur_neighbors[k].contiguous(), splat_offsets[k].contiguous(),
-                          splat_entries[k].contiguous(),
-                          static_cast<int>(vertex_index[k].size(2) - 1),
-                          blur_neighbors[k].size(1)};
-    check_lattice_ranges(lattice.vertex_index, lattice.blur_neighbors, lattice.splat_offsets,
-                         lattice.splat_entries, "dense_crf_mean_field");
-    lattices.push_back(std::move(lattice));
+  std::vector<Lattice> contiguous;  // owns the tensors the views point into
+  std::vector<LatticeView> lattices;
+  for (const Lattice& lattice : checked) {
+    contiguous.push_back(lattice.contiguous());
+    contiguous.back().check_ranges("dense_crf_mean_field");
+    lattices.push_back(contiguous.back().view());
   }
 
   at::Tensor point_groups_in;
@@ -306,7 +220,7 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
   } else {
     const auto largest = std::max_element(
         lattices.begin(), lattices.end(),
-        [](const KernelLattice& a, const KernelLattice& b) { return a.num_vertices < b.num_vertices; });
+        [](const LatticeView& a, const LatticeView& b) { return a.M < b.M; });
     position = point_positions(*largest, points, point_groups_in);
   }
 
@@ -315,16 +229,20 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
   std::vector<KernelPlan> plans;
   std::vector<cpu::MeanFieldKernel> kernels;
   for (size_t k = 0; k < num_kernels; ++k) {
-    const KernelLattice& lattice = lattices[k];
+    const LatticeView& lattice = lattices[k];
     const float potts_weight = potts ? compat.data_ptr<float>()[k] : 1.0f;
-    plans.push_back(kernel_plan(lattice, normaliser(lattice, N, P, normalization), position,
-                                points, potts_weight, lanes));
+    at::Tensor ones_filtered;
+    if (normalization != "none") {
+      ones_filtered = at::empty({N, P}, unary.options());
+      cpu::filter_ones(lattice, ones_filtered.data_ptr<float>());
+    }
+    const MeanFieldScales scales =
+        mean_field_scales(contiguous[k], ones_filtered, normalization, potts_weight);
+    plans.push_back(kernel_plan(lattice, scales, position, points, lanes));
   }
   for (size_t k = 0; k < num_kernels; ++k) {
     KernelPlan& plan = plans[k];
-    kernels.push_back({lattices[k].d, lattices[k].num_vertices,
-                       lattices[k].blur_neighbors.data_ptr<int32_t>(),
-                       lattices[k].splat_offsets.data_ptr<int32_t>(), plan.splat_points.data(),
+    kernels.push_back({lattices[k], plan.splat_points.data(),
                        plan.splat_weights.data(), plan.slice_vertices.data(),
                        plan.slice_weights.data(),
                        potts ? nullptr : compat.data_ptr<float>() + k * labels * labels,

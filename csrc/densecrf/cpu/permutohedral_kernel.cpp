@@ -6,11 +6,9 @@
 // Embedding runs in parallel over chunks of points; insertion is sequential per image, and
 // images run in parallel. Each image's vertices are then numbered in lexicographic order of
 // their keys (blur neighbours differ by one lattice step, so this keeps most of them close in
-// memory: measured 1.7x faster blur than the insertion order at 512x512), and made global
-// over the batch. Only the "+1" blur neighbours are searched; the "-1" neighbour is the inverse.
+// memory, which speeds up the blur), and made global over the batch. Only the "+1" blur neighbours are searched; the "-1" neighbour is the inverse.
 // When the keys pack into 64-bit codes (the usual case) the search is a merge of the sorted codes
-// per axis (bilateral 512x512 build measured 122 -> 84 ms against hash lookups); otherwise it
-// looks the keys up in the table.
+// per axis (faster than hash lookups); otherwise it looks the keys up in the table.
 // Filter: splat is done as a gather (a CSR of the points that touch each vertex, in point order,
 // so every vertex sums its contributions in the same order as the v2 code) so that it runs in
 // parallel without atomics; blur and slice run in parallel over vertices and points. All V
@@ -393,32 +391,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohe
   return {vertex_index, vertex_weight, blur_neighbors, splat_offsets, splat_entries};
 }
 
-at::Tensor permutohedral_filter_cpu(const at::Tensor& values, const at::Tensor& vertex_index,
-                                    const at::Tensor& vertex_weight,
-                                    const at::Tensor& blur_neighbors,
-                                    const at::Tensor& splat_offsets,
-                                    const at::Tensor& splat_entries, bool reverse) {
-  check_filter_args(values, vertex_index, vertex_weight, blur_neighbors, splat_offsets,
-                    splat_entries);
-  TORCH_CHECK_VALUE(values.device().is_cpu(), "permutohedral_filter: the CPU kernel got values on ",
+at::Tensor permutohedral_filter_cpu(const at::Tensor& values, at::TensorList lattice_tensors,
+                                    bool reverse) {
+  constexpr const char* op = "permutohedral_filter";
+  const Lattice lattice = check_filter_args(values, lattice_tensors);
+  TORCH_CHECK_VALUE(values.device().is_cpu(), op, ": the CPU kernel got values on ",
                     values.device());
-  const int64_t N = values.size(0), P = values.size(1), V = values.size(2);
-  const int d = static_cast<int>(vertex_index.size(2) - 1);
-  const int64_t M = blur_neighbors.size(1);
-  auto out = at::empty({N, P, V}, values.options());
+  auto out = at::empty(values.sizes(), values.options());
   if (out.numel() == 0) return out;
-  const auto index = vertex_index.contiguous();
-  const auto neighbors = blur_neighbors.contiguous();
-  const auto offsets = splat_offsets.contiguous();
-  const auto entries = splat_entries.contiguous();
-  check_lattice_ranges(index, neighbors, offsets, entries, "permutohedral_filter");
+  const Lattice contiguous = lattice.contiguous();
+  contiguous.check_ranges(op);
   const auto in = values.contiguous();
-  const auto weight = vertex_weight.contiguous();
-  const cpu::LatticeView lattice{index.data_ptr<int32_t>(),  weight.data_ptr<float>(),
-                                 neighbors.data_ptr<int32_t>(), offsets.data_ptr<int32_t>(),
-                                 entries.data_ptr<int32_t>(), N * P, M, d};
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "permutohedral_filter_cpu", [&] {
-    cpu::filter(lattice, in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), V, reverse);
+    cpu::filter(contiguous.view(), in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                values.size(2), reverse);
   });
   return out;
 }

@@ -1,8 +1,8 @@
 // Uninitialised scratch arrays for the CPU lattice code.
 //
 // The mean-field op and the lattice build allocate a few arrays of tens of MB per call. With
-// 4 KiB pages, first touching them costs one page fault per page: measured as half of the
-// mean-field op's setup at 512x512 (about 80 of 165 ms). Arrays of 2 MiB or more are therefore
+// 4 KiB pages, first touching them costs one page fault per page, a large part of the mean-field
+// op's setup (benchmarks/NOTES.md). Arrays of 2 MiB or more are therefore
 // aligned to 2 MiB and marked MADV_HUGEPAGE, which Linux honours when transparent huge pages are
 // in "madvise" or "always" mode (elsewhere, or when the kernel says no, they are plain pages).
 #pragma once

@@ -7,10 +7,10 @@
 // device-to-host copy that synchronises the stream) to allocate blur_neighbors [D+1, M, 2] and
 // splat_offsets [M+1]; the filter never synchronises (index validity is checked on the device).
 //
-// dense_crf_mean_field runs the whole loop from C++ on the stream: per kernel, once, the
-// normaliser (the filter of ones) folded with the Potts weight into separate splat and slice
-// weights; per iteration and kernel one filter launch sequence (splat, D+1 blurs, slice) whose
-// slice adds straight into the energy (Potts) or writes the filtered Q for one cuBLAS GEMM with
+// dense_crf_mean_field runs the whole loop from C++ on the stream: per kernel, once, the filter
+// of ones and from it the splat and slice weights of mean_field_scales (permutohedral.h); per
+// iteration and kernel one filter launch sequence (splat, D+1 blurs, slice) whose slice adds
+// straight into the energy (Potts) or writes the filtered Q for one cuBLAS GEMM with
 // the message matrix; then ATen's softmax over labels. The argument checks read a few scalars
 // back to the host (lattice index ranges, the NaN/Inf check of unary, the Potts weights).
 #include "../permutohedral.h"
@@ -39,13 +39,6 @@ void check_entry_count(int64_t N, int64_t P, int64_t d, const char* op) {
   TORCH_CHECK_VALUE(N * P * (d + 1) <= kLatticeMaxEntries, op, " (CUDA): N * P * (D + 1) = ",
                     N * P * (d + 1), " lattice entries exceed the supported ",
                     kLatticeMaxEntries, "; split the batch");
-}
-
-// The kernels read blur_neighbors as int2 pairs: make sure the data is 8-byte aligned.
-at::Tensor aligned_pairs(const at::Tensor& t) {
-  at::Tensor c = t.contiguous();
-  if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 8 != 0) c = c.clone();
-  return c;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohedral_lattice_cuda(
@@ -106,53 +99,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohe
   return {vertex_index, vertex_weight, blur_neighbors, splat_offsets, splat_entries};
 }
 
-// The FilterParams of one lattice (contiguous tensors, blur_neighbors 8-byte aligned) for
-// [N, P, V] values; values, output and workspace are left to the caller.
-FilterParams lattice_filter_params(const at::Tensor& index, const at::Tensor& weight,
-                                   const at::Tensor& neighbors, const at::Tensor& offsets,
-                                   const at::Tensor& entries, int64_t N, int64_t P, int64_t V) {
+// The FilterParams of a contiguous lattice for V values per point; values, output, workspace
+// and the weights are left to the caller.
+FilterParams filter_params(const Lattice& lattice, int64_t V) {
   FilterParams p;
-  p.vertex_index = index.data_ptr<int32_t>();
-  p.vertex_weight = weight.data_ptr<float>();
-  p.blur_neighbors = neighbors.data_ptr<int32_t>();
-  p.splat_offsets = offsets.data_ptr<int32_t>();
-  p.splat_entries = entries.data_ptr<int32_t>();
-  p.N = N;
-  p.P = P;
+  p.lattice = lattice.view();
   p.V = V;
-  p.M = neighbors.size(1);
-  p.D = static_cast<int>(index.size(2) - 1);
   return p;
 }
 
-at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor& vertex_index,
-                                     const at::Tensor& vertex_weight,
-                                     const at::Tensor& blur_neighbors,
-                                     const at::Tensor& splat_offsets,
-                                     const at::Tensor& splat_entries, bool reverse) {
-  check_filter_args(values, vertex_index, vertex_weight, blur_neighbors, splat_offsets,
-                    splat_entries);
-  TORCH_CHECK_VALUE(values.is_cuda(), "permutohedral_filter: the CUDA kernel got values on ",
-                    values.device());
+at::Tensor permutohedral_filter_cuda(const at::Tensor& values, at::TensorList lattice_tensors,
+                                     bool reverse) {
+  constexpr const char* op = "permutohedral_filter";
+  const Lattice lattice = check_filter_args(values, lattice_tensors);
+  TORCH_CHECK_VALUE(values.is_cuda(), op, ": the CUDA kernel got values on ", values.device());
   c10::cuda::CUDAGuard guard(values.device());
-  const int64_t N = values.size(0), P = values.size(1), V = values.size(2);
-  const int d = static_cast<int>(vertex_index.size(2) - 1);
-  const int64_t M = blur_neighbors.size(1);
-  check_entry_count(N, P, d, "permutohedral_filter");  // sizes only: before any allocation
-  at::Tensor out = at::empty({N, P, V}, values.options());
+  check_entry_count(lattice.N(), lattice.P(), lattice.D(), op);  // before any allocation
+  at::Tensor out = at::empty(values.sizes(), values.options());
   if (out.numel() == 0) return out;
   // N, P, V >= 1 here, so there is at least one lattice entry and hence one vertex.
-  TORCH_CHECK_VALUE(M >= 1, "permutohedral_filter: blur_neighbors has no vertices (M = 0) but "
+  TORCH_CHECK_VALUE(lattice.M() >= 1, op, ": blur_neighbors has no vertices (M = 0) but "
                     "values is not empty: pass the tensors returned by permutohedral_lattice");
 
   const at::Tensor in = values.contiguous();
-  const at::Tensor index = vertex_index.contiguous();
-  const at::Tensor weight = vertex_weight.contiguous();
-  const at::Tensor neighbors = aligned_pairs(blur_neighbors);
-  const at::Tensor offsets = splat_offsets.contiguous();
-  const at::Tensor entries = splat_entries.contiguous();
-
-  FilterParams p = lattice_filter_params(index, weight, neighbors, offsets, entries, N, P, V);
+  const Lattice contiguous = lattice.contiguous();
+  FilterParams p = filter_params(contiguous, values.size(2));
   p.values = in.data_ptr();
   p.output = out.data_ptr();
   p.reverse = reverse;
@@ -166,70 +137,43 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
 }
 
 // One pairwise kernel of the mean-field loop: its lattice (contiguous) and the splat and slice
-// weights [N, P, D+1] with the normalisers (and, for Potts, the kernel weight) folded in.
+// weights [N, P, D+1] of mean_field_scales (normalisers, slice constant, Potts weight).
 struct MeanFieldKernelCuda {
-  at::Tensor index, weight, neighbors, offsets, entries;
+  Lattice lattice;
   at::Tensor splat_weight, slice_weight;
-
-  // The filter of values [N, P, V]; values, output, workspace and the weights are left to the
-  // caller.
-  FilterParams params(int64_t N, int64_t P, int64_t V) const {
-    return lattice_filter_params(index, weight, neighbors, offsets, entries, N, P, V);
-  }
 };
 
-MeanFieldKernelCuda mean_field_kernel(const at::Tensor& vertex_index,
-                                      const at::Tensor& vertex_weight,
-                                      const at::Tensor& blur_neighbors,
-                                      const at::Tensor& splat_offsets,
-                                      const at::Tensor& splat_entries, int64_t N, int64_t P,
-                                      float potts_weight, c10::string_view normalization,
-                                      cudaStream_t stream) {
-  MeanFieldKernelCuda kernel;
-  kernel.index = vertex_index.contiguous();
-  kernel.weight = vertex_weight.contiguous();
-  kernel.neighbors = aligned_pairs(blur_neighbors);
-  kernel.offsets = splat_offsets.contiguous();
-  kernel.entries = splat_entries.contiguous();
-  check_lattice_ranges(kernel.index, kernel.neighbors, kernel.offsets, kernel.entries,
-                       "dense_crf_mean_field");
-  check_entry_count(N, P, kernel.index.size(2) - 1, "dense_crf_mean_field");
-  const at::Tensor& w = kernel.weight;  // [N, P, D+1]
-  if (normalization == "none") {
-    kernel.splat_weight = w;
-    kernel.slice_weight = potts_weight == 1.0f ? w : w * potts_weight;
-    return kernel;
+MeanFieldKernelCuda mean_field_kernel(const Lattice& checked, float potts_weight,
+                                      c10::string_view normalization, cudaStream_t stream) {
+  check_entry_count(checked.N(), checked.P(), checked.D(), "dense_crf_mean_field");
+  MeanFieldKernelCuda kernel{checked.contiguous(), at::Tensor(), at::Tensor()};
+  kernel.lattice.check_ranges("dense_crf_mean_field");
+  const at::Tensor& w = kernel.lattice.vertex_weight;  // [N, P, D+1]
+  at::Tensor ones_filtered;
+  if (normalization != "none") {  // K(1), one value per point
+    const at::Tensor ones = at::ones({kernel.lattice.N(), kernel.lattice.P(), 1}, w.options());
+    ones_filtered = at::empty_like(ones);
+    FilterParams p = filter_params(kernel.lattice, 1);
+    p.values = ones.data_ptr();
+    p.output = ones_filtered.data_ptr();
+    const at::Tensor workspace = make_workspace(filter_workspace_bytes(p), w);
+    p.workspace = workspace.data_ptr();
+    C10_CUDA_CHECK(launch_filter(p, stream));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  // The normaliser: the filter of ones (pydensecrf's norm_), one value per point.
-  const at::Tensor ones = at::ones({N, P, 1}, w.options());
-  at::Tensor response = at::empty_like(ones);
-  FilterParams p = kernel.params(N, P, 1);
-  p.values = ones.data_ptr();
-  p.output = response.data_ptr();
-  const at::Tensor workspace = make_workspace(filter_workspace_bytes(p), w);
-  p.workspace = workspace.data_ptr();
-  C10_CUDA_CHECK(launch_filter(p, stream));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  response.add_(1e-20);
-  if (normalization == "symmetric") {
-    const at::Tensor scale = response.rsqrt();
-    kernel.splat_weight = (w * scale).contiguous();
-    kernel.slice_weight = (w * scale * potts_weight).contiguous();
-  } else {  // "after"
-    kernel.splat_weight = w;
-    kernel.slice_weight = (w * response.reciprocal() * potts_weight).contiguous();
-  }
+  const MeanFieldScales scales =
+      mean_field_scales(kernel.lattice, ones_filtered, normalization, potts_weight);
+  kernel.splat_weight = scales.splat.defined() ? (w * scales.splat.unsqueeze(-1)).contiguous() : w;
+  kernel.slice_weight = (w * scales.slice.unsqueeze(-1)).contiguous();
   return kernel;
 }
 
-at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList vertex_index,
-                                     at::TensorList vertex_weight, at::TensorList blur_neighbors,
-                                     at::TensorList splat_offsets, at::TensorList splat_entries,
+at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList lattice_tensors,
                                      const at::Tensor& compatibility,
                                      const c10::optional<at::Tensor>& point_groups,
                                      int64_t iterations, c10::string_view normalization) {
-  check_mean_field_args(unary, vertex_index, vertex_weight, blur_neighbors, splat_offsets,
-                        splat_entries, compatibility, point_groups, iterations, normalization);
+  const std::vector<Lattice> lattices = check_mean_field_args(
+      unary, lattice_tensors, compatibility, point_groups, iterations, normalization);
   TORCH_CHECK_VALUE(unary.is_cuda(), "dense_crf_mean_field: the CUDA kernel got unary on ",
                     unary.device());
   c10::cuda::CUDAGuard guard(unary.device());
@@ -244,16 +188,16 @@ at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList ver
   const at::Tensor potts_weights = potts ? compatibility.to(at::kCPU).contiguous() : at::Tensor();
   const at::Tensor matrices = potts ? at::Tensor() : compatibility.contiguous();
   std::vector<MeanFieldKernelCuda> kernels;
-  for (size_t k = 0; k < vertex_index.size(); ++k) {
+  for (size_t k = 0; k < lattices.size(); ++k) {
     kernels.push_back(mean_field_kernel(
-        vertex_index[k], vertex_weight[k], blur_neighbors[k], splat_offsets[k], splat_entries[k],
-        N, P, potts ? potts_weights.data_ptr<float>()[k] : 1.0f, normalization, stream));
+        lattices[k], potts ? potts_weights.data_ptr<float>()[k] : 1.0f, normalization, stream));
   }
   // One filter workspace, sized for the largest kernel, serves every kernel: their filters run
   // one after another on the stream.
   size_t workspace_bytes = 0;
   for (const MeanFieldKernelCuda& kernel : kernels) {
-    workspace_bytes = std::max(workspace_bytes, filter_workspace_bytes(kernel.params(N, P, L)));
+    workspace_bytes =
+        std::max(workspace_bytes, filter_workspace_bytes(filter_params(kernel.lattice, L)));
   }
   const at::Tensor workspace = make_workspace(workspace_bytes, unary);
 
@@ -265,7 +209,7 @@ at::Tensor dense_crf_mean_field_cuda(const at::Tensor& unary, at::TensorList ver
     energy.copy_(unary_points);
     for (size_t k = 0; k < kernels.size(); ++k) {
       const MeanFieldKernelCuda& kernel = kernels[k];
-      FilterParams p = kernel.params(N, P, L);
+      FilterParams p = filter_params(kernel.lattice, L);
       p.values = q.data_ptr();
       p.splat_weight = kernel.splat_weight.data_ptr<float>();
       p.slice_weight = kernel.slice_weight.data_ptr<float>();

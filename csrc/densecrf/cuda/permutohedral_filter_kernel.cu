@@ -23,7 +23,8 @@
 //          the v2 code's arithmetic.
 //   slice  (point t, v): out[t, v] = sum_r (w_r * alpha) * lattice[idx_r, v], r = 0..D, in the CPU
 //          op's order and rounding (alpha = slice_alpha(D)); with `accumulate`, out[t, v] += it.
-//   The splat and the slice read p.splat_weight / p.slice_weight when set (else vertex_weight).
+//   The splat reads p.splat_weight when set (else vertex_weight); the slice reads p.slice_weight
+//   when set, which already holds the slice constant (alpha = 1), else vertex_weight.
 // Launches per filter: 2 splat + (D+1) blur + 1 slice; no host synchronisation.
 //
 // Index checks: out-of-range vertex_index / splat_entries, blur_neighbors outside [-1, M), or
@@ -262,61 +263,64 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 cudaError_t run_filter(const FilterParams& p, cudaStream_t stream) {
-  const size_t buf_bytes = align_up(sizeof(T) * static_cast<size_t>(p.M * p.V));
+  const LatticeView& lat = p.lattice;
+  const size_t buf_bytes = align_up(sizeof(T) * static_cast<size_t>(lat.M * p.V));
   T* buf[2] = {static_cast<T*>(p.workspace),
                reinterpret_cast<T*>(static_cast<char*>(p.workspace) + buf_bytes)};
-  const int64_t points = p.N * p.P;
-  const int64_t entries = points * (p.D + 1);
+  const int64_t points = lat.points();
+  const int64_t entries = lat.entries();
 
-  const float* splat_weight = p.splat_weight ? p.splat_weight : p.vertex_weight;
+  const float* splat_weight = p.splat_weight ? p.splat_weight : lat.vertex_weight;
   const int64_t blocks = splat_blocks(entries);
   const size_t partial_bytes = align_up(sizeof(T) * static_cast<size_t>(blocks * p.V));
   char* partials = static_cast<char*>(p.workspace) + 2 * buf_bytes;
   T* head = reinterpret_cast<T*>(partials);
   T* tail = reinterpret_cast<T*>(partials + partial_bytes);
   launch_kernel<splat_blocks_kernel<T>>(blocks_for(blocks * p.V), kThreads, 0, stream,
-      static_cast<const T*>(p.values), splat_weight, p.splat_offsets, p.splat_entries, p.M, p.V,
-      p.D, entries, buf[0], head, tail);
+      static_cast<const T*>(p.values), splat_weight, lat.splat_offsets, lat.splat_entries, lat.M,
+      p.V, lat.D, entries, buf[0], head, tail);
   cudaError_t err = cudaPeekAtLastError();
   if (err != cudaSuccess) return err;
-  launch_kernel<splat_lists_kernel<T>>(blocks_for(p.M * p.V), kThreads, 0, stream,
-      p.splat_offsets, p.M, p.V, entries, head, tail, buf[0]);
+  launch_kernel<splat_lists_kernel<T>>(blocks_for(lat.M * p.V), kThreads, 0, stream,
+      lat.splat_offsets, lat.M, p.V, entries, head, tail, buf[0]);
   err = cudaPeekAtLastError();
   if (err != cudaSuccess) return err;
 
   int cur = 0;
-  const int2* neighbors = reinterpret_cast<const int2*>(p.blur_neighbors);
-  for (int step = 0; step <= p.D; ++step) {
-    const int axis = p.reverse ? p.D - step : step;
-    launch_kernel<blur_kernel<T>>(blocks_for(p.M * p.V), kThreads, 0, stream,
-        buf[cur], neighbors + static_cast<int64_t>(axis) * p.M, p.M, p.V, buf[1 - cur]);
+  const int2* neighbors = reinterpret_cast<const int2*>(lat.blur_neighbors);
+  for (int step = 0; step <= lat.D; ++step) {
+    const int axis = p.reverse ? lat.D - step : step;
+    launch_kernel<blur_kernel<T>>(blocks_for(lat.M * p.V), kThreads, 0, stream,
+        buf[cur], neighbors + static_cast<int64_t>(axis) * lat.M, lat.M, p.V, buf[1 - cur]);
     err = cudaPeekAtLastError();
     if (err != cudaSuccess) return err;
     cur = 1 - cur;
   }
 
-  const T alpha = static_cast<T>(slice_alpha(p.D));
+  const T alpha = p.slice_weight ? T(1) : static_cast<T>(slice_alpha(lat.D));  // w * 1 == w
   launch_kernel<slice_kernel<T>>(blocks_for(points * p.V), kThreads, 0, stream,
-      buf[cur], p.vertex_index, p.slice_weight ? p.slice_weight : p.vertex_weight, points, p.V,
-      p.M, p.D, alpha, p.accumulate, static_cast<T*>(p.output));
+      buf[cur], lat.vertex_index, p.slice_weight ? p.slice_weight : lat.vertex_weight, points,
+      p.V, lat.M, lat.D, alpha, p.accumulate, static_cast<T*>(p.output));
   return cudaPeekAtLastError();
 }
 
 }  // namespace
 
 size_t filter_workspace_bytes(const FilterParams& p) {
-  if (p.M <= 0 || p.V <= 0) return 0;
-  const int64_t blocks = splat_blocks(p.N * p.P * (p.D + 1));
-  return 2 * align_up(element_size(p.dtype) * static_cast<size_t>(p.M * p.V)) +
+  const LatticeView& lat = p.lattice;
+  if (lat.M <= 0 || p.V <= 0) return 0;
+  const int64_t blocks = splat_blocks(lat.entries());
+  return 2 * align_up(element_size(p.dtype) * static_cast<size_t>(lat.M * p.V)) +
          2 * align_up(element_size(p.dtype) * static_cast<size_t>(blocks * p.V));
 }
 
 cudaError_t launch_filter(const FilterParams& p, cudaStream_t stream) {
-  if (p.D < 1 || p.D > kMaxLatticeDim || p.N < 1 || p.P < 1 || p.V < 1 || p.M < 1 ||
-      p.N * p.P * (p.D + 1) > kLatticeMaxEntries || p.values == nullptr ||
-      p.output == nullptr || p.vertex_index == nullptr || p.vertex_weight == nullptr ||
-      p.blur_neighbors == nullptr || p.splat_offsets == nullptr || p.splat_entries == nullptr ||
-      p.workspace == nullptr) {
+  const LatticeView& lat = p.lattice;
+  if (lat.D < 1 || lat.D > kMaxLatticeDim || lat.N < 1 || lat.P < 1 || p.V < 1 || lat.M < 1 ||
+      lat.entries() > kLatticeMaxEntries || p.values == nullptr || p.output == nullptr ||
+      lat.vertex_index == nullptr || lat.vertex_weight == nullptr ||
+      lat.blur_neighbors == nullptr || lat.splat_offsets == nullptr ||
+      lat.splat_entries == nullptr || p.workspace == nullptr) {
     return cudaErrorInvalidValue;
   }
   switch (p.dtype) {

@@ -45,6 +45,7 @@
 #include <cstdint>
 
 #include "../../common/dtype.h"
+#include "../lattice_view.h"
 #include "../permutohedral_math.h"
 
 namespace deeplabv2_ext {
@@ -87,22 +88,18 @@ cudaError_t launch_lattice_build(LatticeParams& p, cudaStream_t stream);
 cudaError_t launch_lattice_finish(const LatticeParams& p, cudaStream_t stream);
 
 struct FilterParams {
-  const void* values = nullptr;           // [N, P, V] float32 / float64
-  void* output = nullptr;                 // [N, P, V], same dtype
-  const int32_t* vertex_index = nullptr;  // [N, P, D+1]
-  const float* vertex_weight = nullptr;   // [N, P, D+1]
-  // Optional per-entry weights [N, P, D+1] used instead of vertex_weight by the splat / the
-  // slice (nullptr: vertex_weight): the mean-field op folds the normalisers and the Potts weight
-  // into them.
+  LatticeView lattice;
+  const void* values = nullptr;  // [N, P, V] float32 / float64
+  void* output = nullptr;        // [N, P, V], same dtype
+  // Optional per-entry weights [N, P, D+1] of the splat / the slice (nullptr: the lattice's
+  // vertex_weight, and for the slice vertex_weight * slice_alpha(D)). The mean-field op passes
+  // the weights of mean_field_scales (permutohedral.h): normalisers, the slice constant and the
+  // Potts weight folded in.
   const float* splat_weight = nullptr;
   const float* slice_weight = nullptr;
   bool accumulate = false;  // the slice adds to output instead of overwriting it
-  const int32_t* blur_neighbors = nullptr;  // [D+1, M, 2]
-  const int32_t* splat_offsets = nullptr;   // [M+1]
-  const int32_t* splat_entries = nullptr;   // [N*P*(D+1)]
-  void* workspace = nullptr;              // filter_workspace_bytes(*this) bytes, 256-byte aligned
-  int64_t N = 0, V = 0, P = 0, M = 0;
-  int D = 0;
+  void* workspace = nullptr;  // filter_workspace_bytes(*this) bytes, 256-byte aligned
+  int64_t V = 0;
   bool reverse = false;
   DType dtype = DType::kFloat32;  // kFloat32 or kFloat64
 };

@@ -1,6 +1,6 @@
 // Permutohedral lattice build on the GPU for a batch of N images, with no per-image host loop.
 //
-// Steps (launch_lattice_build, then launch_lattice_neighbors once the glue knows M):
+// Steps (1-3 in launch_lattice_build, 4 in launch_lattice_finish once the glue knows M):
 //   1. embed + insert (one thread per point (n, p)): embed_point (shared math) gives the D+1
 //      enclosing keys and barycentric weights; the weights go straight to vertex_weight, each key
 //      (n, c_0..c_{D-1}) is inserted into ONE open-addressing hash table for the whole batch and

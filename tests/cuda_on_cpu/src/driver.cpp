@@ -162,19 +162,19 @@ __attribute__((visibility("default"))) int coc_filter(const void* values, void* 
   p.values = values;
   p.output = output;
   p.dtype = static_cast<DType>(dtype);
-  p.N = N;
-  p.P = P;
+  p.lattice.vertex_index = vertex_index;
+  p.lattice.vertex_weight = vertex_weight;
+  p.lattice.blur_neighbors = blur_neighbors;
+  p.lattice.splat_offsets = splat_offsets;
+  p.lattice.splat_entries = splat_entries;
+  p.lattice.N = N;
+  p.lattice.P = P;
+  p.lattice.M = M;
+  p.lattice.D = D;
   p.V = V;
-  p.D = D;
-  p.M = M;
-  p.vertex_index = vertex_index;
-  p.vertex_weight = vertex_weight;
   p.splat_weight = splat_weight;
   p.slice_weight = slice_weight;
   p.accumulate = accumulate != 0;
-  p.blur_neighbors = blur_neighbors;
-  p.splat_offsets = splat_offsets;
-  p.splat_entries = splat_entries;
   p.reverse = reverse != 0;
   return with_workspace(p, densecrf::filter_workspace_bytes, densecrf::launch_filter);
 }
