@@ -1,7 +1,7 @@
 // Runtime value -> compile-time constant, the one dispatch idiom of the launchers (the shape of
-// flash-attention's static_switch.h). Each macro evaluates to a call of the lambda given last, in
-// which NAME is a `static constexpr` copy of the matching value, and returns what the lambda
-// returns (every branch must return the same type):
+// flash-attention's static_switch.h). Each macro evaluates its runtime argument once, then calls
+// the lambda given last, in which NAME is a `static constexpr` copy of the matching value, and
+// returns what the lambda returns (every branch must return the same type):
 //
 //   DLV2_BOOL_SWITCH(grad_output_channel_fast, kChanFast, [&] { run<kChanFast>(...); });
 //   DLV2_INT_SWITCH3(mode, kMode, kLoadPixelFast, kLoadChanFast, kLoadVec, [&] { ... });
@@ -24,10 +24,11 @@
 
 #define DLV2_INT_SWITCH3(VALUE, NAME, V0, V1, V2, ...) \
   [&] {                                                \
-    if ((VALUE) == (V0)) {                             \
+    const int dlv2_switch_value_ = (VALUE);            \
+    if (dlv2_switch_value_ == (V0)) {                  \
       static constexpr int NAME = (V0);                \
       return __VA_ARGS__();                            \
-    } else if ((VALUE) == (V1)) {                      \
+    } else if (dlv2_switch_value_ == (V1)) {           \
       static constexpr int NAME = (V1);                \
       return __VA_ARGS__();                            \
     } else {                                           \

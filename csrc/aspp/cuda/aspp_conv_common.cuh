@@ -579,6 +579,21 @@ ASPP_D void store_output(const IgemmArgs<T, Acc>& a, const IgemmTile& tile, int 
         static_cast<int64_t>(tile.s_x[row]) * a.out_s.w] = Cvt<T>::from(v);
 }
 
+// acc[i][j] += a[i * kStrideA] * b[j * kStrideB] in Acc: one rank-1 update of a SIMT thread's
+// register tile (the inner step of both SIMT MMA steps, IgemmMma and WgradMma).
+template <int kStrideA, int kStrideB, typename Acc, int I, int J, typename T>
+ASPP_D void fma_outer_product(Acc (&acc)[I][J], const T* a, const T* b) {
+  Acc av[I], bv[J];
+#pragma unroll
+  for (int i = 0; i < I; ++i) av[i] = to_acc(a[i * kStrideA]);
+#pragma unroll
+  for (int j = 0; j < J; ++j) bv[j] = to_acc(b[j * kStrideB]);
+#pragma unroll
+  for (int i = 0; i < I; ++i)
+#pragma unroll
+    for (int j = 0; j < J; ++j) acc[i][j] = mad(av[i], bv[j], acc[i][j]);
+}
+
 // The per-stage MMA and the epilogue of the implicit GEMM, per math policy.
 template <class Pol, int BlockOutCh, bool kTensorCores = Pol::kWmma>
 struct IgemmMma;
@@ -607,17 +622,8 @@ struct IgemmMma<Pol, BlockOutCh, false> {
   // acc += A_stage[pixels][CC] * B_stage[CC][BlockOutCh].
   ASPP_D void step(const T* As, const T* Bs) {
 #pragma unroll 4
-    for (int kk = 0; kk < Smem::CC; ++kk) {
-      Acc av[kThreadPixels], bv[kThreadOutCh];
-#pragma unroll
-      for (int i = 0; i < kThreadPixels; ++i) av[i] = to_acc(As[(ty + 32 * i) * Smem::LDA + kk]);
-#pragma unroll
-      for (int j = 0; j < kThreadOutCh; ++j) bv[j] = to_acc(Bs[kk * Smem::LDB + tx + 8 * j]);
-#pragma unroll
-      for (int i = 0; i < kThreadPixels; ++i)
-#pragma unroll
-        for (int j = 0; j < kThreadOutCh; ++j) acc[i][j] = mad(av[i], bv[j], acc[i][j]);
-    }
+    for (int kk = 0; kk < Smem::CC; ++kk)
+      fma_outer_product<32 * Smem::LDA, 8>(acc, As + ty * Smem::LDA + kk, Bs + kk * Smem::LDB + tx);
   }
 
   // Straight from the registers: + bias, convert, masked strided store.
@@ -924,10 +930,11 @@ inline cudaError_t device_policy(DType dtype, bool allow_tf32, bool& use_tf32) {
 // the current device cannot run DTYPE.
 #define ASPP_POLICY_SWITCH(DTYPE, ALLOW_TF32, POLICY, ...)                               \
   [&]() -> cudaError_t {                                                                \
+    const DType dtype_ = (DTYPE);                                                       \
     bool use_tf32_ = false;                                                             \
-    const cudaError_t supported_ = device_policy((DTYPE), (ALLOW_TF32), use_tf32_);     \
+    const cudaError_t supported_ = device_policy(dtype_, (ALLOW_TF32), use_tf32_);      \
     if (supported_ != cudaSuccess) return supported_;                                   \
-    switch (DTYPE) {                                                                    \
+    switch (dtype_) {                                                                   \
       case DType::kFloat16: {                                                           \
         using POLICY = PolWmmaF16;                                                      \
         return __VA_ARGS__();                                                           \

@@ -110,17 +110,8 @@ struct WgradMma<Pol, BlockOutCh, false> {
   // acc[k][c] += sum over this group's pixels p of G[p][k] * I[p][c].
   ASPP_D void step(const T* Gs, const T* Is) {
 #pragma unroll 4
-    for (int p = grp * (BP / 2); p < (grp + 1) * (BP / 2); ++p) {
-      Acc av[kThreadOutCh], bv[kThreadInCh];
-#pragma unroll
-      for (int i = 0; i < kThreadOutCh; ++i) av[i] = to_acc(Gs[p * Smem::LDG + ty + 8 * i]);
-#pragma unroll
-      for (int j = 0; j < kThreadInCh; ++j) bv[j] = to_acc(Is[p * Smem::LDI + tx + 16 * j]);
-#pragma unroll
-      for (int i = 0; i < kThreadOutCh; ++i)
-#pragma unroll
-        for (int j = 0; j < kThreadInCh; ++j) acc[i][j] = mad(av[i], bv[j], acc[i][j]);
-    }
+    for (int p = grp * (BP / 2); p < (grp + 1) * (BP / 2); ++p)
+      fma_outer_product<8, 16>(acc, Gs + p * Smem::LDG + ty, Is + p * Smem::LDI + tx);
   }
 
   // One atomic per accumulator (both groups add into the same workspace element).
