@@ -361,6 +361,34 @@ def test_many_branches_compile_fullgraph(device):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("batched", ["weight", "bias"])
+def test_many_branches_vmap_over_parameters(batched):
+    """torch.vmap over the weight or the bias with more rates than one op call takes: the check
+    of the whole call (aspp_check_args, no outputs, so vmap's fallback cannot run it) sees each
+    sample's shapes, as the op calls (vmap's fallback) do. Same numbers as a loop over samples."""
+    R = ASPP_MAX_RATES + 2
+    rates = [1 + (i % 3) for i in range(R)]
+    x = torch.randn(2, 3, 5, 5)
+    w, b = make_params(R, 2, 3, torch.float32, "cpu")
+    params = {"weight": torch.stack([w, 2 * w]), "bias": torch.stack([b, b - 1])}[batched]
+    call = {"weight": lambda p: aspp(x, p, b, rates), "bias": lambda p: aspp(x, w, p, rates)}[batched]
+    expected = torch.stack([call(p) for p in params])
+    torch.testing.assert_close(torch.vmap(call)(params), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=f"bias must have shape \\[R, K\\] = \\[{R}, 2\\]"):
+        torch.vmap(lambda p: aspp(x, w, p[:-1], rates))(params if batched == "bias" else b[None])
+
+
+@pytest.mark.parametrize("level", ["rates", "branches", "forward", "backward"])
+def test_opcheck_check_args(level):
+    """The check op itself passes opcheck (schema, autograd registration, fake tensors, AOT
+    dispatch) at every level of arguments it takes."""
+    x = torch.randn(2, 3, 5, 5)
+    w, b = make_params(2, 4, 3, torch.float32, "cpu")
+    args = {"rates": ([1, 2],), "branches": ([1, 2], w, b), "forward": ([1, 2], w, b, x),
+            "backward": ([1, 2], w, None, x, torch.randn(2, 4, 5, 5))}[level]
+    torch.library.opcheck(OPS.aspp_check_args.default, args)
+
+
 def test_cpu_op_takes_any_number_of_rates():
     """Only the CUDA op limits the rates of one call; the raw CPU op takes more in one call."""
     rates = [1 + (i % 3) for i in range(ASPP_MAX_RATES + 2)]

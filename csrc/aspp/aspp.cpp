@@ -141,4 +141,11 @@ TORCH_LIBRARY_FRAGMENT(deeplabv2_ext, m) {
       &check_args);
 }
 
+// Under torch.vmap the checks see each sample's shapes (a batched tensor's sizes are its
+// logical ones), as the op calls do through vmap's fallback, which cannot run an op that
+// returns nothing: aspp() checks the whole call of more than kAsppMaxRates rates this way.
+TORCH_LIBRARY_IMPL(deeplabv2_ext, FuncTorchBatched, m) {
+  m.impl("aspp_check_args", &check_args);
+}
+
 }  // namespace deeplabv2_ext::aspp
