@@ -29,6 +29,8 @@ def _as_rates(rates: Sequence[int]) -> tuple[int, ...]:
     for rate in rates:
         if isinstance(rate, bool) or not isinstance(rate, int):
             raise TypeError(f"aspp: rates must be a sequence of ints, got {tuple(rates)!r}")
+        if not -2**63 <= rate < 2**63:  # cannot reach the op's own range check as an int[]
+            raise ValueError(f"aspp: rate {rate} is too large")
     return tuple(rates)
 
 

@@ -460,6 +460,8 @@ def test_conv_aspp_is_the_op_reference():
     ((), ValueError, "non-empty"),
     ((6, 0), ValueError, "positive"),
     ((6, 1.5), TypeError, "sequence of ints"),
+    ((6, 2**31), ValueError, "too large"),
+    ((6, 2**70), ValueError, "too large"),  # beyond int64: refused before it reaches the op
 ])
 def test_heads_check_rates_alike(rates, error, match):
     """The fused head, the reference head and DeepLabV2 check rates with the op's one check;
