@@ -34,6 +34,11 @@ PYBIND11_MODULE(_C, m) {
         "The build of the CPU lattice loops in use: \"avx2+fma\" or \"baseline\".");
   m.def("cpu_lattice_neighbour_searches", &deeplabv2_ext::densecrf::cpu_neighbour_searches,
         "Per image, the blur-neighbour search of the CPU lattice: \"merge\" or \"hash\".");
+  m.def("cpu_filter_ones",
+        [](const std::vector<at::Tensor>& lattice) {
+          return deeplabv2_ext::densecrf::cpu_filter_ones(lattice);
+        },
+        "K(1), the filter of ones of the CPU mean-field op's normalisers, for one lattice.");
   m.def("cpu_aspp_row_blocks", &deeplabv2_ext::aspp::cpu_row_blocks,
         "The (dy, row_begin, row_end) row blocks the CPU ASPP kernels visit per image.");
 }

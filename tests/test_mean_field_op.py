@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import deeplabv2_ext
-from deeplabv2_ext import densecrf as crf
+from deeplabv2_ext import _C, densecrf as crf
 from deeplabv2_ext._extension import cpu_isa, cpu_lattice_neighbour_searches
 
 from test_permutohedral import round_trip, slice_alpha
@@ -216,6 +216,35 @@ def test_baseline_build_matches_avx2_build():
     filtered_here = deeplabv2_ext.permutohedral_filter(unary.exp(), image.float() / 10.0)
     torch.testing.assert_close(baseline, here, rtol=0, atol=1e-5)
     torch.testing.assert_close(filtered_baseline, filtered_here, rtol=1e-5, atol=1e-4)
+
+
+def test_filter_of_ones_is_the_baseline_one_on_every_cpu():
+    """The CPU mean-field op's K(1) (the input of its normalisers) runs the baseline loop on
+    every CPU: bit for bit the numbers of the code before issue 19, which computed it outside
+    the ISA builds (the AVX2+FMA build contracts a*b + c into FMAs: other rounding). In the
+    baseline build those are the filter op's numbers for values of ones."""
+    image = photo_batch(2, 30, 41)
+    lattices = [list(crf.build_lattice(crf.bilateral_features(image, 20.0, 8.0))),
+                list(crf.build_lattice(crf.gaussian_features(2, 30, 41, 3.0, image.device)))]
+    script = (
+        "import sys, torch\n"
+        "from deeplabv2_ext import _C\n"
+        "from deeplabv2_ext._extension import cpu_isa\n"
+        "lattices = torch.load(sys.argv[1])\n"
+        "ones = [_C.cpu_filter_ones(lat) for lat in lattices]\n"
+        "filtered = [torch.ops.deeplabv2_ext.permutohedral_filter(\n"
+        "    torch.ones(*lat[0].shape[:2], 1), lat, False)[..., 0] for lat in lattices]\n"
+        "torch.save((cpu_isa(), ones, filtered), sys.argv[2])\n")
+    baseline_isa, baseline, filtered = run_fresh_process(script, lattices,
+                                                         {"DEEPLABV2_EXT_CPU_ISA": "default"})
+    assert baseline_isa == "baseline"
+    for lattice, expected, ones_filtered in zip(lattices, baseline, filtered):
+        assert torch.equal(expected, ones_filtered)
+        assert torch.equal(_C.cpu_filter_ones(lattice), expected), cpu_isa()
+    tampered = [t.clone() for t in lattices[0]]
+    tampered[crf.PermutohedralLattice._fields.index("vertex_index")][0, 0, 0] = -1
+    with pytest.raises(ValueError, match="out of range"):
+        _C.cpu_filter_ones(tampered)
 
 
 def test_lattice_does_not_depend_on_thread_count():

@@ -569,6 +569,7 @@ def test_flatten_unflatten_round_trip():
     assert len(flat) == 2 * len(crf.PermutohedralLattice._fields)
     assert flat[len(crf.PermutohedralLattice._fields)] is lattices[1].vertex_index
     back = crf.PermutohedralLattice.unflatten(flat)
+    assert len(back) == len(lattices)
     assert all(isinstance(b, crf.PermutohedralLattice) for b in back)
     assert all(x is y for b, a in zip(back, lattices) for x, y in zip(b, a))
     assert crf.PermutohedralLattice.unflatten([]) == []

@@ -69,8 +69,8 @@ int mean_field_lanes(int labels);
 void filter(const LatticeView& lattice, const float* in, float* out, int64_t V, bool reverse);
 void filter(const LatticeView& lattice, const double* in, double* out, int64_t V, bool reverse);
 
-// K(1), the filter of the value 1 at every point, into response [N * P] (float32, the same
-// numbers as filter() of ones).
+// K(1), the filter of the value 1 at every point, into response [N * P] (float32, the numbers
+// of the baseline build's filter() of ones, on every CPU).
 void filter_ones(const LatticeView& lattice, float* response);
 
 void mean_field(const MeanFieldArgs& args);

@@ -34,6 +34,7 @@
 #include "../permutohedral.h"
 #include "../permutohedral_math.h"
 #include "lattice_loops.h"
+#include "permutohedral_kernel.h"
 #include "scratch_array.h"
 
 namespace deeplabv2_ext::densecrf {
@@ -185,6 +186,13 @@ void rows_to_output(const float* rows, int64_t N, int64_t P, int labels, int lan
   });
 }
 
+// K(1) [N, P] float32 of a contiguous CPU lattice (the input of mean_field_scales).
+at::Tensor filter_ones(const Lattice& lattice) {
+  at::Tensor ones_filtered = at::empty({lattice.N(), lattice.P()}, lattice.vertex_weight.options());
+  cpu::filter_ones(lattice.view(), ones_filtered.data_ptr<float>());
+  return ones_filtered;
+}
+
 at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList lattice_tensors,
                                     const at::Tensor& compatibility,
                                     const c10::optional<at::Tensor>& point_groups,
@@ -231,11 +239,8 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList latt
   for (size_t k = 0; k < num_kernels; ++k) {
     const LatticeView& lattice = lattices[k];
     const float potts_weight = potts ? compat.data_ptr<float>()[k] : 1.0f;
-    at::Tensor ones_filtered;
-    if (normalization != "none") {
-      ones_filtered = at::empty({N, P}, unary.options());
-      cpu::filter_ones(lattice, ones_filtered.data_ptr<float>());
-    }
+    const at::Tensor ones_filtered =
+        normalization != "none" ? filter_ones(contiguous[k]) : at::Tensor();
     const MeanFieldScales scales =
         mean_field_scales(contiguous[k], ones_filtered, normalization, potts_weight);
     plans.push_back(kernel_plan(lattice, scales, position, points, lanes));
@@ -262,6 +267,15 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList latt
 }
 
 }  // namespace
+
+at::Tensor cpu_filter_ones(at::TensorList lattice_tensors) {
+  constexpr const char* op = "cpu_filter_ones";
+  const Lattice lattice = Lattice::one(lattice_tensors, op).contiguous();
+  TORCH_CHECK_VALUE(lattice.vertex_index.device().is_cpu(), op,
+                    ": the lattice must be on the CPU, got ", lattice.vertex_index.device());
+  lattice.check_ranges(op);
+  return filter_ones(lattice);
+}
 
 TORCH_LIBRARY_IMPL(deeplabv2_ext, CPU, m) {
   m.impl("dense_crf_mean_field", &dense_crf_mean_field_cpu);
