@@ -2,6 +2,7 @@
 #include "permutohedral.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/StringUtil.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -38,9 +39,7 @@ void check_lattice_args(const at::Tensor& features) {
 Lattice::Lattice(at::TensorList tensors, size_t k, const char* op) {
   TORCH_CHECK_VALUE((k + 1) * kLatticeTensors <= tensors.size(), op, ": lattice ", k,
                     " is missing: a lattice is ", static_cast<int>(kLatticeTensors), " tensors (",
-                    kLatticeTensorNames[0], ", ", kLatticeTensorNames[1], ", ",
-                    kLatticeTensorNames[2], ", ", kLatticeTensorNames[3], ", ",
-                    kLatticeTensorNames[4], "), got ", tensors.size(), " tensors");
+                    c10::Join(", ", c10::ArrayRef<const char*>(kLatticeTensorNames)), "), got ", tensors.size(), " tensors");
   const at::Tensor* t = tensors.data() + k * kLatticeTensors;
   vertex_index = t[kVertexIndex];
   vertex_weight = t[kVertexWeight];

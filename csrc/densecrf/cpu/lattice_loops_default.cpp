@@ -14,5 +14,6 @@
 #include "scratch_array.h"
 
 #define DLV2_LOOPS_ISA isa_default
+#define DLV2_LOOPS_WITH_FILTER_ONES  // the filter of ones exists in this build only
 #include "lattice_loops_impl.h"
 

@@ -11,11 +11,13 @@ namespace deeplabv2_ext::densecrf::cpu {
   void filter_f32(const LatticeView&, const float*, float*, int64_t, bool);                  \
   void filter_f64(const LatticeView&, const double*, double*, int64_t, bool);                \
   void mean_field(const MeanFieldArgs&);                                                     \
-  void filter_ones(const LatticeView&, float*);                                              \
   }
 DLV2_DECLARE_LOOPS(isa_default)
 DLV2_DECLARE_LOOPS(isa_avx2)
 #undef DLV2_DECLARE_LOOPS
+namespace isa_default {
+void filter_ones(const LatticeView&, float*);  // baseline build only (see filter_ones below)
+}
 
 namespace {
 

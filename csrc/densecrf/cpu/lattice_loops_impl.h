@@ -397,8 +397,10 @@ void filter_f64(const LatticeView& lattice, const double* in, double* out, int64
   filter_values(lattice, in, out, V, reverse);
 }
 void mean_field(const MeanFieldArgs& args) { mean_field_loop(args); }
+#if defined(DLV2_LOOPS_WITH_FILTER_ONES)
 void filter_ones(const LatticeView& lattice, float* response) {
   filter_ones_loop(lattice, response);
 }
+#endif
 
 }  // namespace deeplabv2_ext::densecrf::cpu::DLV2_LOOPS_ISA

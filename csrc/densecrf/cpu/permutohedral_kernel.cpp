@@ -6,7 +6,8 @@
 // Embedding runs in parallel over chunks of points; insertion is sequential per image, and
 // images run in parallel. Each image's vertices are then numbered in lexicographic order of
 // their keys (blur neighbours differ by one lattice step, so this keeps most of them close in
-// memory, which speeds up the blur), and made global over the batch. Only the "+1" blur neighbours are searched; the "-1" neighbour is the inverse.
+// memory, which speeds up the blur), and made global over the batch. Only the "+1" blur
+// neighbours are searched; the "-1" neighbour is the inverse.
 // When the keys pack into 64-bit codes (the usual case) the search is a merge of the sorted codes
 // per axis (faster than hash lookups); otherwise it looks the keys up in the table.
 // Filter: splat is done as a gather (a CSR of the points that touch each vertex, in point order,
