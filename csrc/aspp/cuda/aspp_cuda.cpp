@@ -60,7 +60,7 @@ struct Sizes {
 Sizes checked_cuda_sizes(const at::Tensor& input, const at::Tensor& weight,
                          at::IntArrayRef rates) {
   TORCH_CHECK(input.is_cuda(), "aspp (CUDA): input must be a CUDA tensor, got one on ",
-                    input.device());
+              input.device());
   TORCH_CHECK_VALUE(static_cast<int64_t>(rates.size()) <= kAsppMaxRates,
                     "aspp (CUDA): one call of the op takes 1 to ", kAsppMaxRates,
                     " rates (branches), got ", rates.size(),

@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "../../common/workspace.h"
 #include "../permutohedral.h"
 #include "../permutohedral_math.h"
 #include "lattice_loops.h"
@@ -128,7 +129,7 @@ constexpr int64_t kCopyBlock = 64;
 
 template <typename Block>
 void for_each_point_block(int64_t N, int64_t P, const Block& block) {
-  const int64_t blocks_per_image = (P + kCopyBlock - 1) / kCopyBlock;
+  const int64_t blocks_per_image = ceil_div(P, kCopyBlock);
   at::parallel_for(0, N * blocks_per_image, 64, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t first = (b % blocks_per_image) * kCopyBlock;

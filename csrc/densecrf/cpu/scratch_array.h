@@ -18,6 +18,8 @@
 #include <sys/mman.h>
 #endif
 
+#include "../../common/workspace.h"
+
 namespace deeplabv2_ext::densecrf::cpu {
 
 template <typename T>
@@ -34,7 +36,7 @@ class ScratchArray {
     constexpr size_t kCacheLine = 64;
     const size_t bytes = std::max<size_t>(size * sizeof(T), 1);
     const size_t alignment = bytes >= kHugePage ? kHugePage : kCacheLine;
-    const size_t rounded = (bytes + alignment - 1) / alignment * alignment;
+    const size_t rounded = align_up(bytes, alignment);
     void* memory = std::aligned_alloc(alignment, rounded);
     if (memory == nullptr) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)

@@ -36,6 +36,7 @@
 #include <cstdint>
 
 #include "../../common/device_portability.cuh"
+#include "../../common/workspace.h"
 #include "../permutohedral_math.h"
 #include "permutohedral_kernel.cuh"
 #include "permutohedral_launch.cuh"
@@ -49,7 +50,7 @@ constexpr int kSplatUnroll = 4;
 
 // Splat-plan blocks of kSplatBlock entries (pass 1 of the splat).
 __host__ __device__ inline int64_t splat_blocks(int64_t entries) {
-  return (entries + kSplatBlock - 1) / kSplatBlock;
+  return ceil_div(entries, kSplatBlock);
 }
 
 using launch::blocks_for;
@@ -152,7 +153,7 @@ __global__ void __launch_bounds__(kThreads)
     if (held_begin < block_begin) {
       // A list that began in an earlier block: its chunk that starts in this block, if any.
       const int64_t chunk_begin =
-          held_begin + (block_begin - held_begin + kSplatBlock - 1) / kSplatBlock * kSplatBlock;
+          held_begin + ceil_div(block_begin - held_begin, kSplatBlock) * kSplatBlock;
       if (chunk_begin < block_end && chunk_begin < held_end) {
         const int64_t chunk_end =
             chunk_begin + kSplatBlock < held_end ? chunk_begin + kSplatBlock : held_end;
@@ -205,7 +206,7 @@ __global__ void __launch_bounds__(kThreads)
       lattice[idx] = T(0);
       continue;
     }
-    const int64_t chunks = (list_end - list_begin + kSplatBlock - 1) / kSplatBlock;
+    const int64_t chunks = ceil_div(list_end - list_begin, kSplatBlock);
     if (chunks == 1) continue;
     const int64_t first_block = list_begin / kSplatBlock;
     T acc = __ldg(tail + first_block * V + v);

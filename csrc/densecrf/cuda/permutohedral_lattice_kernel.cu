@@ -50,6 +50,7 @@
 #include <cstdint>
 
 #include "../../common/device_portability.cuh"
+#include "../../common/workspace.h"
 #include "../permutohedral_math.h"
 #include "permutohedral_kernel.cuh"
 #include "permutohedral_launch.cuh"
@@ -97,7 +98,7 @@ LatticeWorkspace lattice_layout(const LatticeParams& p, void* base) {
   const int64_t entries = p.N * p.P * (p.D + 1);
   const int64_t cap = capacity_for(p);
   LatticeWorkspace w;
-  const int64_t tiles = (cap + kScanTile - 1) / kScanTile;
+  const int64_t tiles = ceil_div(cap, kScanTile);
   const size_t state_off = 0;
   const size_t ids_off = state_off + align_up(sizeof(uint32_t) * static_cast<size_t>(cap));
   const size_t keys_off = ids_off + align_up(sizeof(int32_t) * static_cast<size_t>(cap));
@@ -476,7 +477,7 @@ cudaError_t launch_lattice_build(LatticeParams& p, cudaStream_t stream) {
   }
   if (err != cudaSuccess) return err;
 
-  const int64_t tiles = (cap + kScanTile - 1) / kScanTile;  // <= 2^30 / 4096 blocks
+  const int64_t tiles = ceil_div(cap, kScanTile);  // <= 2^30 / 4096 blocks
   launch_kernel<slot_count_kernel>(static_cast<int>(tiles), kThreads, 0, stream, w.state, cap,
                                    w.tile_offsets);
   launch_kernel<tile_offsets_kernel>(1, kScanBlockThreads, 0, stream, w.tile_offsets, tiles,

@@ -15,7 +15,7 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride loops beyond th
 
 // Blocks of kThreads covering `work` items, at least 1 and at most kMaxBlocks.
 inline int blocks_for(int64_t work) {
-  int64_t b = (work + kThreads - 1) / kThreads;
+  int64_t b = ceil_div(work, kThreads);
   if (b < 1) b = 1;
   if (b > kMaxBlocks) b = kMaxBlocks;
   return static_cast<int>(b);
