@@ -265,14 +265,36 @@ ASPP_D void load_fragment(Frag& f, const T* src, int ld) {
   maybe_to_tf32<kTf32>(f);
 }
 
-// A warp's N accumulator fragments -> fp32 shared memory (row major, leading dimension ld),
-// fragment f at dst + f * frag_stride; then a barrier, so that every warp's tile is visible.
+// One WMMA k-step of a warp whose N accumulator fragments share one operand: acc[f] +=
+// shared * other_f (kSharedIsA) or other_f * shared, with other_f (an OtherFrag) loaded from
+// other + 16 f (leading dimension ld). IgemmMma shares A (its pixel strip), WgradMma B (its
+// input-channel strip).
+template <bool kSharedIsA, bool kTf32, typename OtherFrag, int N, typename AccFrag, typename SharedFrag,
+          typename T>
+ASPP_D void mma_shared_operand(AccFrag (&acc)[N], const SharedFrag& shared, const T* other, int ld) {
+#pragma unroll
+  for (int f = 0; f < N; ++f) {
+    OtherFrag fo;
+    load_fragment<kTf32>(fo, other + f * 16, ld);
+    if constexpr (kSharedIsA)
+      nvcuda::wmma::mma_sync(acc[f], shared, fo, acc[f]);
+    else
+      nvcuda::wmma::mma_sync(acc[f], fo, shared, acc[f]);
+  }
+}
+
+// A warp's N accumulator fragments -> the CTA's fp32 tile at smem (row major, leading dimension
+// ld), fragment f at float offset first + f * frag_stride; then a barrier, so that every warp's
+// part is visible. Returns the tile.
 template <int N, typename AccFrag>
-ASPP_D void store_accumulators(float* dst, int frag_stride, int ld, const AccFrag (&acc)[N]) {
+ASPP_D const float* store_accumulators(unsigned char* smem, int first, int frag_stride, int ld,
+                                       const AccFrag (&acc)[N]) {
+  float* const tile = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int f = 0; f < N; ++f)
-    nvcuda::wmma::store_matrix_sync(dst + f * frag_stride, acc[f], ld, nvcuda::wmma::mem_row_major);
+    nvcuda::wmma::store_matrix_sync(tile + first + f * frag_stride, acc[f], ld, nvcuda::wmma::mem_row_major);
   __syncthreads();
+  return tile;
 }
 #endif  // ASPP_WMMA_AVAILABLE
 
@@ -667,12 +689,8 @@ struct IgemmMma<Pol, BlockOutCh, true> {
     for (int kk = 0; kk < Smem::CC / Pol::KS; ++kk) {
       typename F::ARow fa;
       load_fragment<Pol::kTf32>(fa, As + kk * Pol::KS, Smem::LDA);
-#pragma unroll
-      for (int f = 0; f < kFragsPerWarp; ++f) {
-        typename F::BRow fb;
-        load_fragment<Pol::kTf32>(fb, Bs + kk * Pol::KS * Smem::LDB + f * 16, Smem::LDB);
-        nvcuda::wmma::mma_sync(acc[f], fa, fb, acc[f]);
-      }
+      mma_shared_operand</*kSharedIsA=*/true, Pol::kTf32, typename F::BRow>(
+          acc, fa, Bs + kk * Pol::KS * Smem::LDB, Smem::LDB);
     }
   }
 
@@ -681,8 +699,7 @@ struct IgemmMma<Pol, BlockOutCh, true> {
   ASPP_D void epilogue(const IgemmArgs<T, Acc>& a, const IgemmTile& tile, unsigned char* smem,
                        int tid) const {
     constexpr int LDC = Smem::LDC;
-    const float* Cs = reinterpret_cast<float*>(smem);
-    store_accumulators(reinterpret_cast<float*>(smem) + warp * 16 * LDC, 16, LDC, acc);
+    const float* Cs = store_accumulators(smem, warp * 16 * LDC, 16, LDC, acc);
     for (int e = tid; e < kIgemmBM * BlockOutCh; e += kIgemmThreads) {
       int row, col;
       if (a.out_chan_fast) {

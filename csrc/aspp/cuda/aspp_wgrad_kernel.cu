@@ -159,12 +159,9 @@ struct WgradMma<Pol, BlockOutCh, true> {
       const int kk = grp * (KSTEPS / 2) + kq;
       typename F::BRow fb;
       load_fragment<Pol::kTf32>(fb, Is + kk * Pol::KS * Smem::LDI, Smem::LDI);
-#pragma unroll
-      for (int f = 0; f < kFragsPerWarp; ++f) {
-        typename F::ACol fa;  // (k, p) = G[p][k]
-        load_fragment<Pol::kTf32>(fa, Gs + kk * Pol::KS * Smem::LDG + f * 16, Smem::LDG);
-        nvcuda::wmma::mma_sync(acc[f], fa, fb, acc[f]);
-      }
+      // A = G as col_major: (k, p) = G[p][k].
+      mma_shared_operand</*kSharedIsA=*/false, Pol::kTf32, typename F::ACol>(
+          acc, fb, Gs + kk * Pol::KS * Smem::LDG, Smem::LDG);
     }
   }
 
@@ -173,9 +170,7 @@ struct WgradMma<Pol, BlockOutCh, true> {
   ASPP_D void epilogue(const WgradArgs<T, Acc>& a, const WgradTile& tile, unsigned char* smem,
                        int tid) const {
     constexpr int LDC = Smem::LDC;
-    const float* Cs = reinterpret_cast<float*>(smem);
-    store_accumulators(reinterpret_cast<float*>(smem) + grp * BlockOutCh * LDC + strip * 16, 16 * LDC,
-                       LDC, acc);
+    const float* Cs = store_accumulators(smem, grp * BlockOutCh * LDC + strip * 16, 16 * LDC, LDC, acc);
     for (int e = tid; e < BlockOutCh * kWgradBlockInCh; e += kWgradThreads) {
       const int col = e % kWgradBlockInCh;
       const int row = e / kWgradBlockInCh;
